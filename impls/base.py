@@ -1,0 +1,178 @@
+"""The contract every implementation keeps (DESIGN.md section 2).
+
+`Implementation` does all input checking in its public methods and only then calls the
+subclass's `_prepare`, `_forward`, `_forward_train` and `_backward`, so C and CUDA code
+never sees an unchecked tensor. A subclass declares what it supports (`devices`,
+`dtypes`) and may override `unavailable_reason` for missing dependencies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from typing import Any
+
+import torch
+
+from .params import FlatGrads, FlatParams
+from .shapes import output_size
+
+
+@dataclasses.dataclass
+class Prepared:
+    """What `prepare` returns: the checked, contiguous parameters plus anything the
+    implementation precomputed from them (a composed dense filter, packed weights...)."""
+
+    impl: str
+    params: FlatParams
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Saved:
+    """What `forward_train` keeps for `backward`. `backward` never mutates it."""
+
+    impl: str
+    prepared: Prepared
+    x: torch.Tensor
+    padding: int
+    output_shape: tuple[int, ...]
+    tensors: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+
+
+def _device_type(device) -> str:
+    return torch.device(device).type
+
+
+class Implementation:
+    """Base class: subclasses set `name`, `devices`, `dtypes` and `description` and
+    implement the underscored hooks."""
+
+    name: str = ""
+    devices: tuple[str, ...] = ()
+    # Supported dtypes per device type; float32 everywhere is required by the contract.
+    dtypes: dict[str, tuple[torch.dtype, ...]] = {}
+    description: str = ""
+
+    # ---- what the harness asks -----------------------------------------------------
+    def unavailable_reason(self, device) -> str | None:
+        """None when this implementation can run on `device`, else a one-line reason."""
+        dev = _device_type(device)
+        if dev not in self.devices:
+            return f"{self.name} runs on {', '.join(self.devices)} only, not {dev}"
+        if dev == "cuda" and not torch.cuda.is_available():
+            return "no CUDA device (torch.cuda.is_available() is False)"
+        return self._dependency_reason(dev)
+
+    def _dependency_reason(self, device_type: str) -> str | None:
+        """Override to report a missing library or failed build."""
+        return None
+
+    def supports_dtype(self, device, dtype: torch.dtype) -> bool:
+        return dtype in self.dtypes.get(_device_type(device), ())
+
+    def gate(self, params: FlatParams, padding: int) -> tuple[FlatParams, tuple[str, ...]]:
+        """The parameters on which this implementation must match the oracle, and which
+        gradient fields must match there. A flattened implementation matches on any
+        parameters, in every field; the dense baseline overrides this."""
+        return params, FlatGrads.FIELDS
+
+    def __repr__(self) -> str:
+        return f"<impls {self.name!r} on {self.devices}>"
+
+    # ---- the contract --------------------------------------------------------------
+    def prepare(self, params: FlatParams) -> Prepared:
+        if not isinstance(params, FlatParams):
+            raise TypeError(f"params: expected impls.FlatParams, got {type(params).__name__}")
+        self._check_device_and_dtype("params", params.device, params.dtype)
+        params = params.detach().contiguous()
+        return Prepared(self.name, params, self._prepare(params))
+
+    def forward(self, x: torch.Tensor, prepared: Prepared, padding: int = 0) -> torch.Tensor:
+        x, padding = self._check_input(x, prepared, padding)
+        with torch.no_grad():
+            return self._forward(x, prepared, padding)
+
+    def forward_train(self, x: torch.Tensor, prepared: Prepared, padding: int = 0) -> tuple[torch.Tensor, Saved]:
+        x, padding = self._check_input(x, prepared, padding)
+        with torch.no_grad():
+            y, tensors = self._forward_train(x, prepared, padding)
+        return y, Saved(self.name, prepared, x, padding, tuple(y.shape), tensors)
+
+    def backward(self, saved: Saved, grad_y: torch.Tensor) -> FlatGrads:
+        if not isinstance(saved, Saved):
+            raise TypeError(f"saved: expected what {self.name}.forward_train returned, got {type(saved).__name__}")
+        if saved.impl != self.name:
+            raise ValueError(f"saved: made by implementation {saved.impl!r}, not {self.name!r}")
+        if not isinstance(grad_y, torch.Tensor):
+            raise TypeError(f"grad_y: expected a torch.Tensor, got {type(grad_y).__name__}")
+        if tuple(grad_y.shape) != saved.output_shape:
+            raise ValueError(f"grad_y: expected shape {saved.output_shape} (the output's), got {tuple(grad_y.shape)}")
+        if grad_y.dtype != saved.x.dtype:
+            raise TypeError(f"grad_y: expected dtype {saved.x.dtype} like the input, got {grad_y.dtype}")
+        if grad_y.device != saved.x.device:
+            raise ValueError(f"grad_y: expected device {saved.x.device} like the input, got {grad_y.device}")
+        with torch.no_grad():
+            return self._backward(saved, grad_y.contiguous())
+
+    # ---- checks --------------------------------------------------------------------
+    def _check_device_and_dtype(self, what: str, device: torch.device, dtype: torch.dtype) -> None:
+        dev = device.type
+        if dev not in self.devices:
+            raise ValueError(f"{what}: {self.name} runs on {self.devices}, got a tensor on device {device}")
+        reason = self.unavailable_reason(device)
+        if reason is not None:
+            raise ValueError(f"{what}: {self.name} is unavailable on {dev}: {reason}")
+        if not self.supports_dtype(device, dtype):
+            supported = ", ".join(str(d) for d in self.dtypes.get(dev, ()))
+            raise TypeError(f"{what}: {self.name} on {dev} supports dtype {supported}, got {dtype}")
+
+    def _check_input(self, x, prepared, padding) -> tuple[torch.Tensor, int]:
+        if not isinstance(prepared, Prepared):
+            raise TypeError(f"prepared: expected what {self.name}.prepare returned, got {type(prepared).__name__}")
+        if prepared.impl != self.name:
+            raise ValueError(f"prepared: made by implementation {prepared.impl!r}, not {self.name!r}")
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"x: expected a 4-D (B, C, H, W) tensor, got {x.dim()}-D with shape {tuple(x.shape)}")
+        self._check_device_and_dtype("x", x.device, x.dtype)
+        params = prepared.params
+        if x.device != params.device:
+            raise ValueError(f"x: on device {x.device} but the parameters are on {params.device}")
+        if x.dtype != params.dtype:
+            raise TypeError(f"x: dtype {x.dtype} but the parameters are {params.dtype}")
+        if isinstance(padding, bool):
+            raise TypeError("padding: expected an int, got bool")
+        try:
+            padding = operator.index(padding)
+        except TypeError:
+            raise TypeError(f"padding: expected an int, got {type(padding).__name__}") from None
+        b, c, h, w = x.shape
+        k = params.kernel_size
+        if c != params.in_channels:
+            raise ValueError(f"x: expected {params.in_channels} channels (lateral is {tuple(params.lateral.shape)}), got {c}")
+        if b < 1 or h < 1 or w < 1:
+            raise ValueError(f"x: expected a non-empty batch and image, got shape {tuple(x.shape)}")
+        if not 0 <= padding <= k - 1:
+            raise ValueError(f"padding: expected 0 <= padding <= {k - 1} (kernel_size - 1), got {padding}")
+        oh, ow = output_size(h, w, k, padding)
+        if oh < 1 or ow < 1:
+            raise ValueError(
+                f"x: kernel_size {k} is longer than the padded input {h + 2 * padding} x {w + 2 * padding} "
+                f"(H x W = {h} x {w}, padding {padding})"
+            )
+        return x.contiguous(), padding
+
+    # ---- hooks for subclasses ------------------------------------------------------
+    def _prepare(self, params: FlatParams) -> dict[str, Any]:
+        return {}
+
+    def _forward(self, x: torch.Tensor, prepared: Prepared, padding: int) -> torch.Tensor:
+        return self._forward_train(x, prepared, padding)[0]
+
+    def _forward_train(self, x, prepared, padding) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def _backward(self, saved: Saved, grad_y: torch.Tensor) -> FlatGrads:
+        raise NotImplementedError
