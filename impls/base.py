@@ -68,6 +68,15 @@ class Implementation:
         """Override to report a missing library or failed build."""
         return None
 
+    def runtime_info(self) -> dict[str, Any]:
+        """What the benchmarks record about how this implementation ran (instruction set,
+        OpenMP runtime and threads, compiler...). Empty unless a subclass knows more."""
+        return {}
+
+    def set_num_threads(self, threads: int) -> None:
+        """Set the thread count of this implementation's own runtime, if it has one that
+        torch.set_num_threads does not reach (an OpenMP runtime in a C extension)."""
+
     def supports_dtype(self, device, dtype: torch.dtype) -> bool:
         return dtype in self.dtypes.get(_device_type(device), ())
 
