@@ -77,6 +77,13 @@ class Implementation:
         """Set the thread count of this implementation's own runtime, if it has one that
         torch.set_num_threads does not reach (an OpenMP runtime in a C extension)."""
 
+    def stages(self, x: torch.Tensor, prepared: Prepared, padding: int = 0) -> dict[str, Any]:
+        """Zero-argument callables that each run one of this implementation's stages or
+        kernels alone, on inputs computed here once (for per-kernel timings). Names are
+        stage names ("lateral", "vertical", "horizontal") or fused groups joined by "+"
+        ("vertical+horizontal"). Empty when the implementation has no separable stages."""
+        return {}
+
     def supports_dtype(self, device, dtype: torch.dtype) -> bool:
         return dtype in self.dtypes.get(_device_type(device), ())
 

@@ -48,6 +48,19 @@ class TorchComposed(Implementation):
         y = F.conv2d(t2, w["w_hor"], prm.horizontal_bias, padding=(0, p), groups=n)
         return y, {"t1": t1, "t2": t2}
 
+    def stages(self, x, prepared, padding=0):
+        x, padding = self._check_input(x, prepared, padding)
+        prm, w = prepared.params, prepared.extra
+        n = prm.out_channels
+        with torch.no_grad():
+            t1 = F.conv2d(x, w["w_lat"], prm.lateral_bias)
+            t2 = F.conv2d(t1, w["w_vert"], prm.vertical_bias, padding=(padding, 0), groups=n)
+        return {
+            "lateral": lambda: F.conv2d(x, w["w_lat"], prm.lateral_bias),
+            "vertical": lambda: F.conv2d(t1, w["w_vert"], prm.vertical_bias, padding=(padding, 0), groups=n),
+            "horizontal": lambda: F.conv2d(t2, w["w_hor"], prm.horizontal_bias, padding=(0, padding), groups=n),
+        }
+
     def _backward(self, saved, gy):
         prm, w = saved.prepared.params, saved.prepared.extra
         n, p = prm.out_channels, saved.padding
