@@ -17,6 +17,7 @@ _MODULES = (
     "impls.im2col",
     "impls.composed",
     "impls.dense",
+    "impls.openmp",
 )
 
 _REGISTRY: dict[str, Implementation] = {}

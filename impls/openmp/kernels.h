@@ -1,0 +1,657 @@
+/* kernels.h: every kernel of the OpenMP implementations, written once as a template.
+ *
+ * flatconv.c includes this file once per (element type, instruction set) with these
+ * macros defined:
+ *   REAL    float or double
+ *   SFX     name suffix, e.g. f32_avx512 (every function here is FN(name) = name_SFX)
+ *   VBYTES  bytes of one vector register of the target (64 AVX-512, 32 AVX2, 16 SSE2)
+ *   MR, NV  register tile of the GEMM micro-kernel: MR rows x NV vectors of columns
+ * and with `#pragma GCC target(...)` in force, so the compiler vectorises every loop
+ * here for that instruction set. The explicit vectors use GCC's vector extension, which
+ * maps onto the target's registers.
+ *
+ * No function here calls back into Python. Inputs were validated by the caller.
+ */
+
+#define FN(name) CAT(CAT(name, _), SFX)
+#define LANES ((int)(VBYTES / sizeof(REAL)))
+#define NR (NV * LANES)
+/* Cache blocking of the GEMM: a KC x NC block of packed B stays in L2, a KC x NR
+ * micro-panel of it in L1, MR x KC of packed A streams through. */
+#define KC 256
+#define NC 512
+/* Fused forward: output channels per task (a multiple of MR) and pixels per row tile. */
+#define FUSED_NB 64
+#define FUSED_PIX 512
+
+typedef REAL FN(vec_t) __attribute__((vector_size(VBYTES)));
+#define VEC FN(vec_t)
+
+static inline VEC FN(vload)(const REAL *p)
+{
+    VEC v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void FN(vstore)(REAL *p, VEC v) { memcpy(p, &v, sizeof v); }
+
+/* ------------------------------------------------------------------------------------
+ * GEMM: C[M x Nn] (=|+=) A[M x K] * B[K x Nn] (+ bias[m]), A and B given by strides,
+ * packed into MR-row / NR-column panels (zero padded) so the micro-kernel only ever
+ * sees full register tiles.
+ * ---------------------------------------------------------------------------------- */
+
+/* Pack rows [0, M) of A (all K columns) into ceil(M/MR) panels of K x MR. */
+static void FN(pack_a)(ptrdiff_t M, ptrdiff_t K, const REAL *A, ptrdiff_t rsa, ptrdiff_t csa, REAL *out)
+{
+    for (ptrdiff_t i0 = 0; i0 < M; i0 += MR) {
+        REAL *o = out + i0 * K;
+        ptrdiff_t mv = M - i0 < MR ? M - i0 : MR;
+        if (csa == 1) {
+            for (ptrdiff_t i = 0; i < MR; ++i) {
+                if (i < mv) {
+                    const REAL *a = A + (i0 + i) * rsa;
+                    for (ptrdiff_t q = 0; q < K; ++q) o[q * MR + i] = a[q];
+                } else {
+                    for (ptrdiff_t q = 0; q < K; ++q) o[q * MR + i] = 0;
+                }
+            }
+        } else {
+            for (ptrdiff_t q = 0; q < K; ++q) {
+                const REAL *a = A + i0 * rsa + q * csa;
+                for (ptrdiff_t i = 0; i < MR; ++i) o[q * MR + i] = i < mv ? a[i * rsa] : 0;
+            }
+        }
+    }
+}
+
+/* Pack a kl x nc block of B into ceil(nc/NR) panels of kl x NR. */
+static void FN(pack_b)(ptrdiff_t kl, ptrdiff_t nc, const REAL *B, ptrdiff_t rsb, ptrdiff_t csb, REAL *out)
+{
+    for (ptrdiff_t j0 = 0; j0 < nc; j0 += NR) {
+        REAL *o = out + j0 * kl;
+        ptrdiff_t nv = nc - j0 < NR ? nc - j0 : NR;
+        if (csb == 1) {
+            if (nv == NR) {
+                for (ptrdiff_t q = 0; q < kl; ++q) {
+                    const REAL *b = B + q * rsb + j0;
+                    for (int v = 0; v < NV; ++v) *(VEC *)(o + q * NR + v * LANES) = FN(vload)(b + v * LANES);
+                }
+            } else {
+                for (ptrdiff_t q = 0; q < kl; ++q) {
+                    const REAL *b = B + q * rsb + j0;
+                    ptrdiff_t j = 0;
+                    for (; j < nv; ++j) o[q * NR + j] = b[j];
+                    for (; j < NR; ++j) o[q * NR + j] = 0;
+                }
+            }
+        } else {
+            for (ptrdiff_t j = 0; j < NR; ++j) {
+                if (j < nv) {
+                    const REAL *b = B + (j0 + j) * csb;
+                    for (ptrdiff_t q = 0; q < kl; ++q) o[q * NR + j] = b[q * rsb];
+                } else {
+                    for (ptrdiff_t q = 0; q < kl; ++q) o[q * NR + j] = 0;
+                }
+            }
+        }
+    }
+}
+
+/* MR x NR register tile: acc = a_panel (kl x MR) ^T * b_panel (kl x NR), then stored into
+ * the mv x nv valid corner of C: C = acc + bias (accumulate == 0) or C += acc. */
+static inline __attribute__((always_inline)) void FN(ukernel)(ptrdiff_t kl, const REAL *restrict a,
+                                                              const REAL *restrict b, REAL *restrict c,
+                                                              ptrdiff_t ldc, ptrdiff_t mv, ptrdiff_t nv,
+                                                              int accumulate, const REAL *restrict bias)
+{
+    VEC acc[MR][NV];
+    for (int i = 0; i < MR; ++i)
+        for (int j = 0; j < NV; ++j) acc[i][j] = (VEC){0};
+    for (ptrdiff_t q = 0; q < kl; ++q) {
+        VEC bv[NV];
+        for (int j = 0; j < NV; ++j) bv[j] = *(const VEC *)(b + q * NR + j * LANES);
+        for (int i = 0; i < MR; ++i) {
+            REAL av = a[q * MR + i];
+            for (int j = 0; j < NV; ++j) acc[i][j] += av * bv[j];
+        }
+    }
+    if (mv == MR && nv == NR) {
+        for (int i = 0; i < MR; ++i) {
+            REAL bi = (!accumulate && bias) ? bias[i] : (REAL)0;
+            for (int j = 0; j < NV; ++j) {
+                REAL *cp = c + i * ldc + j * LANES;
+                VEC r = acc[i][j];
+                if (accumulate)
+                    r += FN(vload)(cp);
+                else
+                    r += bi;
+                FN(vstore)(cp, r);
+            }
+        }
+    } else {
+        REAL tmp[MR * NR] __attribute__((aligned(64)));
+        for (int i = 0; i < MR; ++i)
+            for (int j = 0; j < NV; ++j) *(VEC *)(tmp + i * NR + j * LANES) = acc[i][j];
+        for (ptrdiff_t i = 0; i < mv; ++i) {
+            REAL bi = (!accumulate && bias) ? bias[i] : (REAL)0;
+            REAL *cp = c + i * ldc;
+            if (accumulate)
+                for (ptrdiff_t j = 0; j < nv; ++j) cp[j] += tmp[i * NR + j];
+            else
+                for (ptrdiff_t j = 0; j < nv; ++j) cp[j] = tmp[i * NR + j] + bi;
+        }
+    }
+}
+
+/* One thread's GEMM. `ap` holds A packed by pack_a for all K; `bpack` is a workspace of
+ * KC * NC elements, aligned to 64 bytes. */
+static void FN(gemm)(ptrdiff_t M, ptrdiff_t Nn, ptrdiff_t K, const REAL *ap, const REAL *B, ptrdiff_t rsb,
+                     ptrdiff_t csb, REAL *C, ptrdiff_t ldc, const REAL *bias, int accumulate, REAL *bpack)
+{
+    for (ptrdiff_t jc = 0; jc < Nn; jc += NC) {
+        ptrdiff_t nc = Nn - jc < NC ? Nn - jc : NC;
+        for (ptrdiff_t kc = 0; kc < K; kc += KC) {
+            ptrdiff_t kl = K - kc < KC ? K - kc : KC;
+            int acc = accumulate || kc > 0;
+            FN(pack_b)(kl, nc, B + kc * rsb + jc * csb, rsb, csb, bpack);
+            for (ptrdiff_t j0 = 0; j0 < nc; j0 += NR) {
+                ptrdiff_t nv = nc - j0 < NR ? nc - j0 : NR;
+                const REAL *bp = bpack + j0 * kl;
+                for (ptrdiff_t i0 = 0; i0 < M; i0 += MR) {
+                    ptrdiff_t mv = M - i0 < MR ? M - i0 : MR;
+                    FN(ukernel)(kl, ap + i0 * K + kc * MR, bp, C + i0 * ldc + jc + j0, ldc, mv, nv, acc,
+                                bias ? bias + i0 : NULL);
+                }
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------
+ * 1-D taps: out[w] = bias + sum_{r<k} wt[r] * in[r * stride + w] for w < n. Every
+ * depthwise stage, forward and backward, is this with the right pointers: V walks rows
+ * (stride W), H walks columns (stride 1), their transposes use the reversed taps.
+ * Constant k (1..7) is unrolled so the loop over w vectorises.
+ * ---------------------------------------------------------------------------------- */
+static inline __attribute__((always_inline)) void FN(taps_k)(REAL *restrict out, const REAL *restrict in,
+                                                             ptrdiff_t stride, ptrdiff_t n,
+                                                             const REAL *restrict wt, int k, REAL bias)
+{
+    REAL w_[16];
+    for (int r = 0; r < k; ++r) w_[r] = wt[r];
+    for (ptrdiff_t w = 0; w < n; ++w) {
+        REAL s = bias;
+        for (int r = 0; r < k; ++r) s += w_[r] * in[r * stride + w];
+        out[w] = s;
+    }
+}
+
+static void FN(taps)(REAL *restrict out, const REAL *restrict in, ptrdiff_t stride, ptrdiff_t n,
+                     const REAL *restrict wt, ptrdiff_t k, REAL bias)
+{
+    switch (k) {
+    case 1: FN(taps_k)(out, in, stride, n, wt, 1, bias); return;
+    case 2: FN(taps_k)(out, in, stride, n, wt, 2, bias); return;
+    case 3: FN(taps_k)(out, in, stride, n, wt, 3, bias); return;
+    case 4: FN(taps_k)(out, in, stride, n, wt, 4, bias); return;
+    case 5: FN(taps_k)(out, in, stride, n, wt, 5, bias); return;
+    case 6: FN(taps_k)(out, in, stride, n, wt, 6, bias); return;
+    case 7: FN(taps_k)(out, in, stride, n, wt, 7, bias); return;
+    default:
+        for (ptrdiff_t w = 0; w < n; ++w) out[w] = bias;
+        for (ptrdiff_t r = 0; r < k; ++r) {
+            const REAL *src = in + r * stride;
+            REAL c = wt[r];
+            for (ptrdiff_t w = 0; w < n; ++w) out[w] += c * src[w];
+        }
+    }
+}
+
+static inline REAL FN(sum)(const REAL *restrict a, ptrdiff_t n)
+{
+    REAL s = 0;
+#pragma omp simd reduction(+ : s)
+    for (ptrdiff_t i = 0; i < n; ++i) s += a[i];
+    return s;
+}
+
+static inline REAL FN(dot)(const REAL *restrict a, const REAL *restrict b, ptrdiff_t n)
+{
+    REAL s = 0;
+#pragma omp simd reduction(+ : s)
+    for (ptrdiff_t i = 0; i < n; ++i) s += a[i] * b[i];
+    return s;
+}
+
+/* Vertical output row o of one channel: out[w] = vb + sum_r V[r] * t1[o + r - p][w] over
+ * the image rows that exist; image row i lives at rows + (i - row0) * W. */
+static inline void FN(vrow)(REAL *restrict out, const REAL *rows, ptrdiff_t row0, ptrdiff_t H, ptrdiff_t W,
+                            ptrdiff_t o, const REAL *V, ptrdiff_t k, ptrdiff_t p, REAL vb)
+{
+    ptrdiff_t r_lo = p - o > 0 ? p - o : 0;
+    ptrdiff_t r_hi = H + p - o < k ? H + p - o : k;
+    FN(taps)(out, rows + (o - p + r_lo - row0) * W, W, W, V + r_lo, r_hi - r_lo, vb);
+}
+
+/* Horizontal row from an unpadded input row of W: y[j] = hb + sum_s Hw[s] * in[j + s - p]
+ * over the columns that exist; the interior runs through taps, the borders are scalar. */
+static inline void FN(hrow)(REAL *restrict y, const REAL *restrict in, ptrdiff_t W, ptrdiff_t OW,
+                            const REAL *Hw, ptrdiff_t k, ptrdiff_t p, REAL hb)
+{
+    ptrdiff_t j_lo = p < OW ? p : OW;
+    ptrdiff_t j_hi = W + p - k + 1 < OW ? W + p - k + 1 : OW;
+    if (j_hi < j_lo) j_hi = j_lo;
+    for (ptrdiff_t j = 0; j < OW; ++j) {
+        if (j == j_lo && j_hi > j_lo) {
+            FN(taps)(y + j_lo, in + j_lo - p, 1, j_hi - j_lo, Hw, k, hb);
+            j = j_hi - 1;
+            continue;
+        }
+        REAL s = hb;
+        for (ptrdiff_t q = 0; q < k; ++q) {
+            ptrdiff_t i = j + q - p;
+            if (i >= 0 && i < W) s += Hw[q] * in[i];
+        }
+        y[j] = s;
+    }
+}
+
+/* Aligned per-thread workspace: `per` elements for each of `nt` threads. */
+static REAL *FN(alloc_ws)(ptrdiff_t per, int nt, ptrdiff_t *stride)
+{
+    ptrdiff_t s = (per + 15) / 16 * 16 + 16;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, (size_t)s * (size_t)nt * sizeof(REAL)) != 0) return NULL;
+    *stride = s;
+    return (REAL *)p;
+}
+
+static inline ptrdiff_t FN(round_up)(ptrdiff_t a, ptrdiff_t b) { return (a + b - 1) / b * b; }
+
+/* ------------------------------------------------------------------------------------
+ * openmp: one parallel loop nest per stage.
+ * ---------------------------------------------------------------------------------- */
+
+/* t1[b] = L @ x[b] + lb, in pixel blocks of NC, threads over (b, block). */
+static int FN(lateral)(const REAL *x, const REAL *L, const REAL *lb, REAL *t1, ptrdiff_t B, ptrdiff_t C,
+                       ptrdiff_t N, ptrdiff_t P)
+{
+    int nt = omp_get_max_threads();
+    ptrdiff_t asz = FN(round_up)(N, MR) * C, stride;
+    REAL *ws = FN(alloc_ws)(asz + (ptrdiff_t)KC * NC, nt, &stride);
+    if (!ws) return 1;
+    ptrdiff_t nblk = (P + NC - 1) / NC;
+#pragma omp parallel num_threads(nt)
+    {
+        REAL *ap = ws + omp_get_thread_num() * stride, *bp = ap + FN(round_up)(asz, 16);
+        FN(pack_a)(N, C, L, C, 1, ap);
+#pragma omp for collapse(2) schedule(static)
+        for (ptrdiff_t b = 0; b < B; ++b)
+            for (ptrdiff_t jb = 0; jb < nblk; ++jb) {
+                ptrdiff_t j0 = jb * NC, nc = P - j0 < NC ? P - j0 : NC;
+                FN(gemm)(N, nc, C, ap, x + b * C * P + j0, P, 1, t1 + b * N * P + j0, P, lb, 0, bp);
+            }
+    }
+    free(ws);
+    return 0;
+}
+
+static int FN(vertical)(const REAL *t1, const REAL *V, const REAL *vb, REAL *t2, ptrdiff_t B, ptrdiff_t N,
+                        ptrdiff_t H, ptrdiff_t W, ptrdiff_t k, ptrdiff_t p)
+{
+    ptrdiff_t OH = H + 2 * p - k + 1;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (ptrdiff_t b = 0; b < B; ++b)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            const REAL *src = t1 + (b * N + n) * H * W;
+            REAL *dst = t2 + (b * N + n) * OH * W;
+            for (ptrdiff_t o = 0; o < OH; ++o) FN(vrow)(dst + o * W, src, 0, H, W, o, V + n * k, k, p, vb[n]);
+        }
+    return 0;
+}
+
+static int FN(horizontal)(const REAL *t2, const REAL *Hw, const REAL *hb, REAL *y, ptrdiff_t B, ptrdiff_t N,
+                          ptrdiff_t OH, ptrdiff_t W, ptrdiff_t k, ptrdiff_t p)
+{
+    ptrdiff_t OW = W + 2 * p - k + 1;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (ptrdiff_t b = 0; b < B; ++b)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            const REAL *src = t2 + (b * N + n) * OH * W;
+            REAL *dst = y + (b * N + n) * OH * OW;
+            for (ptrdiff_t o = 0; o < OH; ++o) FN(hrow)(dst + o * OW, src + o * W, W, OW, Hw + n * k, k, p, hb[n]);
+        }
+    return 0;
+}
+
+/* g_t2 = H^T gy, g_hw, g_hb; threads over channels so every weight gradient is summed
+ * by one thread in a fixed order. */
+static int FN(horizontal_backward)(const REAL *gy, const REAL *t2, const REAL *Hw, REAL *g_t2, REAL *g_hw,
+                                   REAL *g_hb, ptrdiff_t B, ptrdiff_t N, ptrdiff_t OH, ptrdiff_t W, ptrdiff_t k,
+                                   ptrdiff_t p)
+{
+    ptrdiff_t OW = W + 2 * p - k + 1, stride;
+    int nt = omp_get_max_threads();
+    /* per thread: padded t2 row (W + 2p), padded gy row (W + k - 1), reversed taps (k), sums (k + 1 doubles) */
+    ptrdiff_t l1 = FN(round_up)(W + 2 * p, 16), l2 = FN(round_up)(W + k - 1, 16), l3 = FN(round_up)(k, 16);
+    REAL *ws = FN(alloc_ws)(l1 + l2 + l3 + 2 * (k + 1) * (ptrdiff_t)(sizeof(double) / sizeof(REAL)) + 16, nt, &stride);
+    if (!ws) return 1;
+#pragma omp parallel num_threads(nt)
+    {
+        REAL *t2p = ws + omp_get_thread_num() * stride, *gyp = t2p + l1, *hrev = gyp + l2;
+        double *acc = (double *)(hrev + l3);
+        for (ptrdiff_t i = 0; i < l1; ++i) t2p[i] = 0;
+        for (ptrdiff_t i = 0; i < l2; ++i) gyp[i] = 0;
+#pragma omp for schedule(static)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            const REAL *hw = Hw + n * k;
+            for (ptrdiff_t s = 0; s < k; ++s) hrev[s] = hw[k - 1 - s];
+            for (ptrdiff_t s = 0; s <= k; ++s) acc[s] = 0;
+            for (ptrdiff_t b = 0; b < B; ++b) {
+                const REAL *g = gy + (b * N + n) * OH * OW, *t = t2 + (b * N + n) * OH * W;
+                REAL *gt = g_t2 + (b * N + n) * OH * W;
+                for (ptrdiff_t o = 0; o < OH; ++o) {
+                    const REAL *grow = g + o * OW;
+                    memcpy(t2p + p, t + o * W, (size_t)W * sizeof(REAL));
+                    memcpy(gyp + (k - 1 - p), grow, (size_t)OW * sizeof(REAL));
+                    for (ptrdiff_t s = 0; s < k; ++s) acc[s] += FN(dot)(grow, t2p + s, OW);
+                    acc[k] += FN(sum)(grow, OW);
+                    FN(taps)(gt + o * W, gyp, 1, W, hrev, k, 0);
+                }
+            }
+            for (ptrdiff_t s = 0; s < k; ++s) g_hw[n * k + s] = (REAL)acc[s];
+            g_hb[n] = (REAL)acc[k];
+        }
+    }
+    free(ws);
+    return 0;
+}
+
+/* The gradient of V's input for one channel plane: g_t1[i] = sum_r V[r] g_t2[i - r + p]
+ * over the output rows that exist (vrev holds V reversed). */
+static inline void FN(vrow_t)(REAL *restrict gt1_row, const REAL *g_t2, ptrdiff_t OH, ptrdiff_t W, ptrdiff_t i,
+                              const REAL *vrev, ptrdiff_t k, ptrdiff_t p)
+{
+    /* o = i + p - (k - 1) + s for reversed tap s; keep 0 <= o < OH */
+    ptrdiff_t base = i + p - (k - 1);
+    ptrdiff_t s_lo = -base > 0 ? -base : 0;
+    ptrdiff_t s_hi = OH - base < k ? OH - base : k;
+    FN(taps)(gt1_row, g_t2 + (base + s_lo) * W, W, W, vrev + s_lo, s_hi - s_lo, 0);
+}
+
+/* Accumulate into acc[r] (r < k) the products of g_t2 row o with t1 row o + r - p, and
+ * into acc[k] the sum of the g_t2 row. */
+static inline void FN(vgrad_row)(double *acc, const REAL *g2row, const REAL *t1plane, ptrdiff_t H, ptrdiff_t W,
+                                 ptrdiff_t o, ptrdiff_t k, ptrdiff_t p)
+{
+    for (ptrdiff_t r = 0; r < k; ++r) {
+        ptrdiff_t i = o + r - p;
+        if (i >= 0 && i < H) acc[r] += FN(dot)(g2row, t1plane + i * W, W);
+    }
+    acc[k] += FN(sum)(g2row, W);
+}
+
+static int FN(vertical_backward)(const REAL *g_t2, const REAL *t1, const REAL *V, REAL *g_t1, REAL *g_v,
+                                 REAL *g_vb, ptrdiff_t B, ptrdiff_t N, ptrdiff_t H, ptrdiff_t W, ptrdiff_t k,
+                                 ptrdiff_t p)
+{
+    ptrdiff_t OH = H + 2 * p - k + 1, stride;
+    int nt = omp_get_max_threads();
+    ptrdiff_t l3 = FN(round_up)(k, 16);
+    REAL *ws = FN(alloc_ws)(l3 + 2 * (k + 1) * (ptrdiff_t)(sizeof(double) / sizeof(REAL)) + 16, nt, &stride);
+    if (!ws) return 1;
+#pragma omp parallel num_threads(nt)
+    {
+        REAL *vrev = ws + omp_get_thread_num() * stride;
+        double *acc = (double *)(vrev + l3);
+#pragma omp for schedule(static)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            const REAL *v = V + n * k;
+            for (ptrdiff_t r = 0; r < k; ++r) vrev[r] = v[k - 1 - r];
+            for (ptrdiff_t r = 0; r <= k; ++r) acc[r] = 0;
+            for (ptrdiff_t b = 0; b < B; ++b) {
+                const REAL *g2 = g_t2 + (b * N + n) * OH * W, *t = t1 + (b * N + n) * H * W;
+                REAL *g1 = g_t1 + (b * N + n) * H * W;
+                for (ptrdiff_t o = 0; o < OH; ++o) FN(vgrad_row)(acc, g2 + o * W, t, H, W, o, k, p);
+                for (ptrdiff_t i = 0; i < H; ++i) FN(vrow_t)(g1 + i * W, g2, OH, W, i, vrev, k, p);
+            }
+            for (ptrdiff_t r = 0; r < k; ++r) g_v[n * k + r] = (REAL)acc[r];
+            g_vb[n] = (REAL)acc[k];
+        }
+    }
+    free(ws);
+    return 0;
+}
+
+/* Gradients of the lateral stage: g_lb = sum g_t1; g_x[b] = L^T g_t1[b] (threads over
+ * (b, pixel block)); g_l = sum_b g_t1[b] x[b]^T, the reduction over pixels split among
+ * threads into private partial sums that are added in thread order. */
+static int FN(lateral_backward)(const REAL *g_t1, const REAL *x, const REAL *L, REAL *g_x, REAL *g_l,
+                                REAL *g_lb, ptrdiff_t B, ptrdiff_t C, ptrdiff_t N, ptrdiff_t P)
+{
+    int nt = omp_get_max_threads();
+    ptrdiff_t a1 = FN(round_up)(FN(round_up)(C, MR) * N, 16);  /* L^T packed */
+    ptrdiff_t a2 = FN(round_up)(FN(round_up)(N, MR) * KC, 16); /* a K-chunk of g_t1 packed */
+    ptrdiff_t part = FN(round_up)(N * C, 16);
+    ptrdiff_t stride;
+    REAL *ws = FN(alloc_ws)((a1 > a2 ? a1 : a2) + (ptrdiff_t)KC * NC + part, nt, &stride);
+    if (!ws) return 1;
+    ptrdiff_t nblk = (P + NC - 1) / NC, kblk = (P + KC - 1) / KC;
+    int team = 1;
+#pragma omp parallel num_threads(nt)
+    {
+        int tid = omp_get_thread_num();
+        REAL *ap = ws + tid * stride, *bp = ap + (a1 > a2 ? a1 : a2), *gl = bp + (ptrdiff_t)KC * NC;
+#pragma omp single
+        team = omp_get_num_threads();
+        /* g_lb */
+#pragma omp for schedule(static) nowait
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            double s = 0;
+            for (ptrdiff_t b = 0; b < B; ++b) s += FN(sum)(g_t1 + (b * N + n) * P, P);
+            g_lb[n] = (REAL)s;
+        }
+        /* g_x = L^T g_t1: A = L^T is C x N with rsa = 1, csa = C */
+        FN(pack_a)(C, N, L, 1, C, ap);
+#pragma omp for collapse(2) schedule(static)
+        for (ptrdiff_t b = 0; b < B; ++b)
+            for (ptrdiff_t jb = 0; jb < nblk; ++jb) {
+                ptrdiff_t j0 = jb * NC, nc = P - j0 < NC ? P - j0 : NC;
+                FN(gemm)(C, nc, N, ap, g_t1 + b * N * P + j0, P, 1, g_x + b * C * P + j0, P, NULL, 0, bp);
+            }
+        /* g_l partial: sum over this thread's pixel chunks of g_t1[:, chunk] x[:, chunk]^T */
+        for (ptrdiff_t i = 0; i < N * C; ++i) gl[i] = 0;
+#pragma omp for collapse(2) schedule(static)
+        for (ptrdiff_t b = 0; b < B; ++b)
+            for (ptrdiff_t kb = 0; kb < kblk; ++kb) {
+                ptrdiff_t k0 = kb * KC, kl = P - k0 < KC ? P - k0 : KC;
+                FN(pack_a)(N, kl, g_t1 + b * N * P + k0, P, 1, ap);
+                /* B[q][c] = x[b][c][k0 + q]: rsb = 1, csb = P */
+                FN(gemm)(N, C, kl, ap, x + b * C * P + k0, 1, P, gl, C, NULL, 1, bp);
+            }
+        /* implicit barrier above; add the partials in thread order */
+#pragma omp for schedule(static)
+        for (ptrdiff_t i = 0; i < N * C; ++i) {
+            REAL s = 0;
+            for (int t = 0; t < team; ++t) s += ws[t * stride + (a1 > a2 ? a1 : a2) + (ptrdiff_t)KC * NC + i];
+            g_l[i] = s;
+        }
+    }
+    free(ws);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------
+ * openmp_fused
+ * ---------------------------------------------------------------------------------- */
+
+/* V then H on whole precomputed t1 planes: one output row at a time, V into a padded row
+ * buffer that stays in L1, H from it straight into y. No full-size intermediate. */
+static int FN(vh)(const REAL *t1, const REAL *V, const REAL *vb, const REAL *Hw, const REAL *hb, REAL *y,
+                  ptrdiff_t B, ptrdiff_t N, ptrdiff_t H, ptrdiff_t W, ptrdiff_t k, ptrdiff_t p)
+{
+    ptrdiff_t OH = H + 2 * p - k + 1, OW = W + 2 * p - k + 1, stride;
+    int nt = omp_get_max_threads();
+    REAL *ws = FN(alloc_ws)(W + 2 * p + 16, nt, &stride);
+    if (!ws) return 1;
+#pragma omp parallel num_threads(nt)
+    {
+        REAL *row = ws + omp_get_thread_num() * stride;
+        for (ptrdiff_t i = 0; i < W + 2 * p; ++i) row[i] = 0;
+#pragma omp for collapse(2) schedule(static)
+        for (ptrdiff_t b = 0; b < B; ++b)
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                const REAL *src = t1 + (b * N + n) * H * W;
+                REAL *dst = y + (b * N + n) * OH * OW;
+                for (ptrdiff_t o = 0; o < OH; ++o) {
+                    FN(vrow)(row + p, src, 0, H, W, o, V + n * k, k, p, vb[n]);
+                    FN(taps)(dst + o * OW, row, 1, OW, Hw + n * k, k, hb[n]);
+                }
+            }
+    }
+    free(ws);
+    return 0;
+}
+
+/* The fused forward. A task is (image b, block of NB output channels); it walks the
+ * image in tiles of TH output rows. For each tile the lateral GEMM computes only the
+ * t1 rows not yet computed into a small buffer (t1_out instead, when training), keeping
+ * the k - 1 halo rows of the previous tile, then V and H run on the tile and write y. */
+static int FN(fused_forward)(const REAL *x, const REAL *L, const REAL *lb, const REAL *V, const REAL *vb,
+                             const REAL *Hw, const REAL *hb, REAL *y, REAL *t1_out, ptrdiff_t B, ptrdiff_t C,
+                             ptrdiff_t N, ptrdiff_t H, ptrdiff_t W, ptrdiff_t k, ptrdiff_t p)
+{
+    ptrdiff_t OH = H + 2 * p - k + 1, OW = W + 2 * p - k + 1, P = H * W, stride;
+    int nt = omp_get_max_threads();
+    ptrdiff_t NB = FN(round_up)(N, MR) < FN(round_up)(FUSED_NB, MR) ? FN(round_up)(N, MR) : FN(round_up)(FUSED_NB, MR);
+    if (B * ((N + NB - 1) / NB) < 2 * nt) { /* too few tasks: split the channels finer */
+        ptrdiff_t want = (2 * nt + B - 1) / B;
+        ptrdiff_t nb = FN(round_up)((N + want - 1) / want, MR);
+        if (nb < NB) NB = nb;
+    }
+    ptrdiff_t nblk = (N + NB - 1) / NB;
+    ptrdiff_t TH = FUSED_PIX / W > 1 ? FUSED_PIX / W : 1;
+    if (TH > OH) TH = OH;
+    ptrdiff_t cs = FN(round_up)((TH + k - 1) * W, 16); /* buffer stride between channels */
+    ptrdiff_t la = FN(round_up)(NB * C, 16), lbuf = t1_out ? 0 : NB * cs, lrow = FN(round_up)(W + 2 * p, 16);
+    REAL *ws = FN(alloc_ws)(la + (ptrdiff_t)KC * NC + lbuf + lrow, nt, &stride);
+    if (!ws) return 1;
+#pragma omp parallel num_threads(nt)
+    {
+        REAL *ap = ws + omp_get_thread_num() * stride, *bp = ap + la, *buf = bp + (ptrdiff_t)KC * NC,
+             *row = buf + lbuf;
+        for (ptrdiff_t i = 0; i < lrow; ++i) row[i] = 0;
+#pragma omp for schedule(static)
+        for (ptrdiff_t task = 0; task < B * nblk; ++task) {
+            ptrdiff_t b = task / nblk, n0 = (task % nblk) * NB;
+            ptrdiff_t nbv = N - n0 < NB ? N - n0 : NB;
+            FN(pack_a)(nbv, C, L + n0 * C, C, 1, ap);
+            const REAL *xb = x + b * C * P;
+            REAL *dst = t1_out ? t1_out + (b * N + n0) * P : buf;
+            ptrdiff_t dcs = t1_out ? P : cs;
+            ptrdiff_t row0 = 0, have = 0; /* dst row 0 holds image row row0; rows < have are computed */
+            for (ptrdiff_t o0 = 0; o0 < OH; o0 += TH) {
+                ptrdiff_t nro = OH - o0 < TH ? OH - o0 : TH;
+                ptrdiff_t lo = o0 - p > 0 ? o0 - p : 0;
+                ptrdiff_t hi = o0 + nro - 1 - p + k < H ? o0 + nro - 1 - p + k : H;
+                if (!t1_out && lo > row0) { /* slide the halo rows to the front of the buffer */
+                    if (have > lo)
+                        for (ptrdiff_t n = 0; n < nbv; ++n)
+                            memmove(dst + n * dcs, dst + n * dcs + (lo - row0) * W, (size_t)((have - lo) * W) * sizeof(REAL));
+                    else
+                        have = lo;
+                    row0 = lo;
+                }
+                ptrdiff_t start = lo > have ? lo : have;
+                if (hi > start)
+                    FN(gemm)(nbv, (hi - start) * W, C, ap, xb + start * W, P, 1, dst + (start - row0) * W, dcs,
+                             lb + n0, 0, bp);
+                if (hi > have) have = hi;
+                for (ptrdiff_t n = 0; n < nbv; ++n) {
+                    ptrdiff_t c = n0 + n;
+                    const REAL *src = dst + n * dcs;
+                    REAL *yrow = y + ((b * N + c) * OH + o0) * OW;
+                    for (ptrdiff_t o = o0; o < o0 + nro; ++o, yrow += OW) {
+                        FN(vrow)(row + p, src, row0, H, W, o, V + c * k, k, p, vb[c]);
+                        FN(taps)(yrow, row, 1, OW, Hw + c * k, k, hb[c]);
+                    }
+                }
+            }
+        }
+    }
+    free(ws);
+    return 0;
+}
+
+/* Fused backward of V and H for one channel at a time (all images), from the saved t1:
+ * t2 is recomputed a row at a time, g_t2 lives in a per-thread plane, g_t1 is written. */
+static int FN(vh_backward)(const REAL *gy, const REAL *t1, const REAL *V, const REAL *vb, const REAL *Hw,
+                           REAL *g_t1, REAL *g_v, REAL *g_vb, REAL *g_hw, REAL *g_hb, ptrdiff_t B, ptrdiff_t N,
+                           ptrdiff_t H, ptrdiff_t W, ptrdiff_t k, ptrdiff_t p)
+{
+    ptrdiff_t OH = H + 2 * p - k + 1, OW = W + 2 * p - k + 1, stride;
+    int nt = omp_get_max_threads();
+    ptrdiff_t l1 = FN(round_up)(W + 2 * p, 16), l2 = FN(round_up)(W + k - 1, 16), l3 = FN(round_up)(k, 16);
+    ptrdiff_t lg = FN(round_up)(OH * W, 16), lacc = 2 * (2 * k + 2) * (ptrdiff_t)(sizeof(double) / sizeof(REAL)) + 16;
+    REAL *ws = FN(alloc_ws)(l1 + l2 + 2 * l3 + lg + lacc, nt, &stride);
+    if (!ws) return 1;
+#pragma omp parallel num_threads(nt)
+    {
+        REAL *t2p = ws + omp_get_thread_num() * stride, *gyp = t2p + l1, *hrev = gyp + l2, *vrev = hrev + l3,
+             *g2 = vrev + l3;
+        double *accv = (double *)(g2 + lg), *acch = accv + (k + 1);
+        for (ptrdiff_t i = 0; i < l1; ++i) t2p[i] = 0;
+        for (ptrdiff_t i = 0; i < l2; ++i) gyp[i] = 0;
+#pragma omp for schedule(static)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            const REAL *v = V + n * k, *hw = Hw + n * k;
+            for (ptrdiff_t s = 0; s < k; ++s) {
+                hrev[s] = hw[k - 1 - s];
+                vrev[s] = v[k - 1 - s];
+            }
+            for (ptrdiff_t s = 0; s <= k; ++s) accv[s] = acch[s] = 0;
+            for (ptrdiff_t b = 0; b < B; ++b) {
+                const REAL *g = gy + (b * N + n) * OH * OW, *t = t1 + (b * N + n) * H * W;
+                REAL *g1 = g_t1 + (b * N + n) * H * W;
+                for (ptrdiff_t o = 0; o < OH; ++o) {
+                    const REAL *grow = g + o * OW;
+                    FN(vrow)(t2p + p, t, 0, H, W, o, v, k, p, vb[n]);
+                    for (ptrdiff_t s = 0; s < k; ++s) acch[s] += FN(dot)(grow, t2p + s, OW);
+                    acch[k] += FN(sum)(grow, OW);
+                    memcpy(gyp + (k - 1 - p), grow, (size_t)OW * sizeof(REAL));
+                    FN(taps)(g2 + o * W, gyp, 1, W, hrev, k, 0);
+                    FN(vgrad_row)(accv, g2 + o * W, t, H, W, o, k, p);
+                }
+                for (ptrdiff_t i = 0; i < H; ++i) FN(vrow_t)(g1 + i * W, g2, OH, W, i, vrev, k, p);
+            }
+            for (ptrdiff_t s = 0; s < k; ++s) {
+                g_hw[n * k + s] = (REAL)acch[s];
+                g_v[n * k + s] = (REAL)accv[s];
+            }
+            g_hb[n] = (REAL)acch[k];
+            g_vb[n] = (REAL)accv[k];
+        }
+    }
+    free(ws);
+    return 0;
+}
+
+static void FN(block_sizes)(int *out)
+{
+    out[0] = MR;
+    out[1] = NR;
+    out[2] = KC;
+    out[3] = NC;
+    out[4] = VBYTES;
+}
+
+#undef FN
+#undef LANES
+#undef NR
+#undef KC
+#undef NC
+#undef FUSED_NB
+#undef FUSED_PIX
+#undef VEC

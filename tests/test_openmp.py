@@ -1,0 +1,267 @@
+"""The OpenMP C implementations (`openmp`, `openmp_fused`) against the float64 oracle, the
+rank-1 dense equivalence, random shapes, bad inputs, threads and run-time info.
+
+Skipped with the reason when the C extension is unavailable (no compiler, failed build).
+Every instruction set the CPU supports is exercised, not just the one dispatch picks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import impls
+from impls import reference, verify
+from impls.openmp import _ext
+
+NAMES = ("openmp", "openmp_fused")
+_REASON = impls.get("openmp").unavailable_reason("cpu")
+pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"OpenMP extension unavailable: {_REASON}")
+
+
+def _supported_isas():
+    if _REASON is not None:
+        return ["default"]
+    lib = _ext.load().lib
+    return [name for name, code in _ext.ISAS.items() if lib.fc_cpu_supports(code)]
+
+
+@contextlib.contextmanager
+def _isa(name):
+    if name == "default":
+        yield
+        return
+    lib = _ext.load().lib
+    before = lib.fc_isa()
+    assert lib.fc_set_isa(_ext.ISAS[name]) == 0
+    try:
+        yield
+    finally:
+        lib.fc_set_isa(before)
+
+
+def _case(b, c, n, h, w, k, p, dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    params = impls.FlatParams.random(c, n, k, dtype=dtype, seed=seed)
+    x = torch.randn(b, c, h, w, generator=gen, dtype=torch.float64).to(dtype)
+    oh, ow = h + 2 * p - k + 1, w + 2 * p - k + 1
+    gy = torch.randn(b, n, oh, ow, generator=gen, dtype=torch.float64).to(dtype)
+    return x, params, gy
+
+
+def _assert_close(impl, x, params, p, gy):
+    errors = verify.check(impl, x, params, p, gy)
+    tol = verify.TOLERANCE[x.dtype]
+    bad = {k: v for k, v in errors.items() if not v <= tol}
+    assert not bad, f"{impl.name} {tuple(x.shape)} N={params.out_channels} k={params.kernel_size} p={p}: {bad}"
+
+
+# (B, C, N, H, W, k): every padding 0..k-1 of each is tested. Batch 1, one channel,
+# C != N, k = 1, even k, k = 7, non-square images, images barely larger than k.
+GRID = [
+    (1, 1, 1, 5, 4, 1),
+    (2, 3, 5, 6, 9, 2),
+    (1, 4, 3, 7, 5, 3),
+    (3, 6, 10, 8, 11, 4),
+    (2, 5, 9, 9, 6, 5),
+    (1, 7, 4, 9, 13, 7),
+    (2, 2, 3, 3, 7, 3),
+]
+GRID_CASES = [(*shape, p) for shape in GRID for p in range(shape[5])]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", GRID_CASES, ids=lambda c: "B{}C{}N{}H{}W{}k{}p{}".format(*c))
+def test_grid_against_oracle(name, dtype, case):
+    b, c, n, h, w, k, p = case
+    x, params, gy = _case(b, c, n, h, w, k, p, dtype)
+    _assert_close(impls.get(name), x, params, p, gy)
+
+
+# Shapes that cross every blocking boundary of the kernels: C > KC (several K chunks),
+# H*W > NC (several pixel blocks) and > KC (several chunks of the lateral weight
+# gradient), N > the fused channel block and not a multiple of any register tile, several
+# row tiles with their halo, a very wide row (one row per tile).
+BLOCKING = [
+    (2, 300, 70, 40, 20, 3, 1),
+    (1, 3, 9, 6, 300, 3, 2),
+    (2, 20, 130, 33, 17, 5, 2),
+    (1, 9, 33, 70, 9, 7, 6),
+]
+
+
+@pytest.mark.parametrize("isa", _supported_isas())
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("case", BLOCKING, ids=lambda c: "B{}C{}N{}H{}W{}k{}p{}".format(*c))
+def test_blocking_boundaries_every_isa(name, case, isa):
+    b, c, n, h, w, k, p = case
+    x, params, gy = _case(b, c, n, h, w, k, p, torch.float32, seed=1)
+    with _isa(isa):
+        _assert_close(impls.get(name), x, params, p, gy)
+
+
+@pytest.mark.parametrize("isa", _supported_isas())
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_small_grid_every_isa(name, dtype, isa):
+    with _isa(isa):
+        for b, c, n, h, w, k in GRID:
+            p = k // 2
+            x, params, gy = _case(b, c, n, h, w, k, p, dtype, seed=2)
+            _assert_close(impls.get(name), x, params, p, gy)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_non_contiguous_input(name):
+    impl = impls.get(name)
+    gen = torch.Generator().manual_seed(3)
+    params = impls.FlatParams.random(5, 6, 3)
+    x_nhwc = torch.randn(2, 7, 8, 5, generator=gen).permute(0, 3, 1, 2)  # channels-last view
+    x_strided = torch.randn(2, 5, 7, 16, generator=gen)[..., ::2]
+    for x in (x_nhwc, x_strided):
+        assert not x.is_contiguous()
+        gy = torch.randn(2, 6, x.shape[2], x.shape[3], generator=gen)
+        _assert_close(impl, x, params, 1, gy)
+        y = impl.forward(x, impl.prepare(params), padding=1)
+        torch.testing.assert_close(y, impl.forward(x.contiguous(), impl.prepare(params), padding=1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_rank1_dense_equivalence(name, k):
+    impl = impls.get(name)
+    gen = torch.Generator().manual_seed(4)
+    params = impls.FlatParams.random(6, 4, k, dtype=torch.float64, seed=k)
+    x = torch.randn(2, 6, 9, 7, generator=gen, dtype=torch.float64)
+    for p in range(k):  # without inner biases the layer is the dense convolution at every padding
+        plain = params.without_inner_biases()
+        y = impl.forward(x, impl.prepare(plain), padding=p)
+        dense = F.conv2d(x, plain.dense_weight(), plain.horizontal_bias, padding=p)
+        torch.testing.assert_close(y, dense, rtol=1e-10, atol=1e-10)
+    y = impl.forward(x, impl.prepare(params), padding=0)  # with biases, at padding 0
+    dense = F.conv2d(x, params.dense_weight(), params.dense_bias())
+    torch.testing.assert_close(y, dense, rtol=1e-10, atol=1e-10)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from(NAMES),
+    b=st.integers(1, 3), c=st.integers(1, 9), n=st.integers(1, 9), k=st.integers(1, 6),
+    extra_h=st.integers(0, 8), extra_w=st.integers(0, 8), data=st.data(),
+)
+def test_property_random_shapes(name, b, c, n, k, extra_h, extra_w, data):
+    p = data.draw(st.integers(0, k - 1), label="padding")
+    # any image for which the padded input still holds the kernel
+    h = max(1, k - 2 * p) + extra_h
+    w = max(1, k - 2 * p) + extra_w
+    x, params, gy = _case(b, c, n, h, w, k, p, torch.float32, seed=b * 100 + c * 10 + n)
+    _assert_close(impls.get(name), x, params, p, gy)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_backward_does_not_mutate_saved_and_is_deterministic(name):
+    impl = impls.get(name)
+    x, params, gy = _case(2, 5, 7, 10, 9, 3, 1)
+    prepared = impl.prepare(params)
+    y, saved = impl.forward_train(x, prepared, padding=1)
+    before = {k: v.clone() for k, v in saved.tensors.items()}
+    g1 = impl.backward(saved, gy).tensors()
+    g2 = impl.backward(saved, gy).tensors()
+    for k, v in saved.tensors.items():
+        assert torch.equal(v, before[k]), k
+    for field in g1:
+        assert torch.equal(g1[field], g2[field]), field
+    assert torch.equal(y, impl.forward(x, prepared, padding=1))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_inputs_raise_naming_the_argument(name):
+    impl = impls.get(name)
+    params = impls.FlatParams.random(4, 6, 3)
+    prepared = impl.prepare(params)
+    x = torch.randn(2, 4, 8, 8)
+    cases = [
+        (ValueError, "x:", lambda: impl.forward(x[0], prepared, padding=1)),
+        (ValueError, "x:", lambda: impl.forward(torch.randn(2, 5, 8, 8), prepared, padding=1)),
+        (ValueError, "padding:", lambda: impl.forward(x, prepared, padding=3)),
+        (ValueError, "padding:", lambda: impl.forward(x, prepared, padding=-1)),
+        (TypeError, "padding:", lambda: impl.forward(x, prepared, padding=1.0)),
+        (TypeError, "padding:", lambda: impl.forward(x, prepared, padding=True)),
+        (ValueError, "x:", lambda: impl.forward(torch.randn(2, 4, 1, 8), prepared, padding=0)),
+        (TypeError, "x:", lambda: impl.forward(x.double(), prepared, padding=1)),
+        (TypeError, "x:", lambda: impl.forward(x.half(), prepared, padding=1)),
+        (TypeError, "x:", lambda: impl.forward(x.numpy(), prepared, padding=1)),
+        (TypeError, "params:", lambda: impl.prepare(params.to(dtype=torch.float16))),
+        (ValueError, "prepared:", lambda: impl.forward(x, impls.get("naive").prepare(params), padding=1)),
+    ]
+    other = NAMES[1 - NAMES.index(name)]
+    cases.append((ValueError, "prepared:", lambda: impl.forward(x, impls.get(other).prepare(params), padding=1)))
+    y, saved = impl.forward_train(x, prepared, padding=1)
+    cases += [
+        (ValueError, "grad_y:", lambda: impl.backward(saved, torch.randn(2, 6, 8, 7))),
+        (TypeError, "grad_y:", lambda: impl.backward(saved, torch.randn(2, 6, 8, 8, dtype=torch.float64))),
+        (TypeError, "saved:", lambda: impl.backward(None, y)),
+    ]
+    for exc, text, call in cases:
+        with pytest.raises(exc, match=text):
+            call()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_threads(name):
+    impl = impls.get(name)
+    before = impl.runtime_info()["threads"]
+    x, params, gy = _case(2, 8, 9, 12, 10, 3, 1)
+    prepared = impl.prepare(params)
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            impl.set_num_threads(threads)
+            assert impl.runtime_info()["threads"] == threads
+            y, saved = impl.forward_train(x, prepared, padding=1)
+            results.append((impl.forward(x, prepared, padding=1), y, impl.backward(saved, gy).tensors()))
+        for y_fwd, y_train, grads in results[1:]:
+            torch.testing.assert_close(y_fwd, results[0][0], rtol=0, atol=0)
+            torch.testing.assert_close(y_train, results[0][1], rtol=0, atol=0)
+            for field, g in grads.items():  # only the lateral weight gradient sums per thread
+                torch.testing.assert_close(g, results[0][2][field], rtol=1e-5, atol=1e-6)
+    finally:
+        impl.set_num_threads(before)
+    for bad, exc in ((0, ValueError), (-2, ValueError), (1.5, TypeError), (True, TypeError), ("2", TypeError)):
+        with pytest.raises(exc, match="threads"):
+            impl.set_num_threads(bad)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_runtime_info(name):
+    info = impls.get(name).runtime_info()
+    assert info["available"] is True
+    assert info["isa"] in {"avx512", "avx2+fma"} or info["isa"].startswith(("sse2", "baseline"))
+    assert info["isa"] in info["isa_supported"]
+    assert info["openmp_version"] >= 201107
+    assert info["threads"] >= 1
+    assert "gomp" in info["openmp_runtime"] or "omp" in info["openmp_runtime"]
+
+
+def test_stages_match_the_layer():
+    x, params, _ = _case(2, 6, 7, 9, 8, 3, 1)
+    ref = reference.forward(x, params, 1).float()
+    stages = impls.get("openmp").stages(x, impls.get("openmp").prepare(params), 1)
+    assert list(stages) == ["lateral", "vertical", "horizontal"]
+    t1 = stages["lateral"]()
+    torch.testing.assert_close(t1, reference.forward(x, params, 1, keep=True)[1]["t1"].float(), rtol=1e-4, atol=1e-4)
+    stages["vertical"]()
+    torch.testing.assert_close(stages["horizontal"](), ref, rtol=1e-4, atol=1e-4)
+    fused = impls.get("openmp_fused")
+    stages = fused.stages(x, fused.prepare(params), 1)
+    assert list(stages) == ["lateral", "vertical+horizontal"]
+    stages["lateral"]()
+    torch.testing.assert_close(stages["vertical+horizontal"](), ref, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="padding:"):
+        fused.stages(x, fused.prepare(params), 3)
