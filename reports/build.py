@@ -1,0 +1,277 @@
+"""Inputs -> tidy CSV + figures + index.html. `build()` is what ``python -m reports build`` runs."""
+
+from __future__ import annotations
+
+import html as _html
+import shutil
+import traceback
+from pathlib import Path
+
+import pandas as pd
+
+from . import figures, html, tables
+from .load import REPO, Inputs, latest, load
+
+DEFAULT_OUT = REPO / "reports" / "html"
+
+# Figures drawn once per device: (function, sentence shown when it has no data).
+# To add a figure: write a function in figures.py that takes (data, ctx) and returns a
+# Figure or None, then add it here (or to the page sections in `build` if it is not per device).
+DEVICE_FIGURES = [
+    (figures.acceleration, "No flattened implementation has a dense time from the same run on this "
+                           "device, so there is no speedup to show."),
+    (figures.time_vs_size, "No successful timings on this device."),
+    (figures.memory, "No peak-memory measurements (peak_bytes) on this device."),
+    (figures.roofline, "No FLOP rate could be computed on this device (it needs a time and the layer's "
+                       "FLOPs and bytes, or its shape)."),
+    (figures.kernels, "No per-kernel records (direction \"stage:...\") on this device."),
+]
+SUMMARY_HELP = (
+    "Speedup = dense median time ÷ the best flattened implementation's median time, same run (above 1× "
+    "the flattened layer is faster). Roofline = achieved GFLOP/s ÷ the machine's measured ceiling at "
+    "that case's arithmetic intensity, min(sgemm GFLOP/s, copy GB/s × FLOPs/byte): 100% is the "
+    "machine's limit. Peak = extra memory of one call, MiB. Times are medians; the newest run per "
+    "machine and case."
+)
+
+
+def _chosen_dtype(df: pd.DataFrame) -> str | None:
+    dtypes = df["dtype"].dropna()
+    if dtypes.empty:
+        return None
+    return "float32" if (dtypes == "float32").any() else dtypes.value_counts().index[0]
+
+
+def _machine_descriptions(df: pd.DataFrame) -> dict[str, str]:
+    out = {}
+    for machine, group in df.groupby("machine"):
+        def last(key):
+            col = group.get(f"machine_{key}")
+            return col.dropna().iloc[-1] if col is not None and col.notna().any() else None
+
+        bits = []
+        if last("gpu_name") and (group["device"] == "cuda").any():
+            bits.append(str(last("gpu_name")))
+        if last("cpu_model"):
+            cores = last("cpu_cores_logical")
+            threads = last("torch_threads")
+            cpu = str(last("cpu_model"))
+            if cores is not None:
+                cpu += f", {int(cores)} logical cores"
+            if threads is not None:
+                cpu += f", {int(threads)} torch threads"
+            bits.append(cpu)
+        out[machine] = f"{machine} ({'; '.join(bits)})" if bits else str(machine)
+    return out
+
+
+def _safe(function, *args, problems: list[str]):
+    """Run one figure function; a bug in one figure costs that figure, not the page."""
+    try:
+        return function(*args), None
+    except Exception as exc:  # noqa: BLE001
+        problems.append(f"figure {function.__name__} failed: {exc!r}\n{traceback.format_exc(limit=3)}")
+        return None, f"This figure could not be drawn ({type(exc).__name__}: {exc})."
+
+
+def _figure_or_sentence(result, error, sentence) -> str:
+    if error:
+        return html.paragraph(error, "note")
+    if not result:
+        return html.empty(sentence)
+    items = result if isinstance(result, list) else [result]
+    return "".join(html.figure(f) for f in items)
+
+
+def summary_section(summ: pd.DataFrame) -> str:
+    if summ.empty:
+        return html.empty("No case has a successful timing, so there is nothing to summarise yet. "
+                          "See the failed and skipped cases below.")
+    body = "".join(html.paragraph(line, "headline") for line in tables.headlines(summ))
+    body += html.paragraph(SUMMARY_HELP, "meta")
+    multi_dtype = summ["dtype"].nunique() > 1
+    shown = summ
+    if (summ["table"] == "paper").any() and (summ["table"] != "paper").any():
+        shown = summ[summ["table"] == "paper"]
+        body += html.paragraph("Rows: the layers of the paper table (every table is in the list below "
+                               "and in the figures).", "meta")
+    body += _summary_table(shown, multi_dtype)
+    if len(shown) < len(summ):
+        body += (f"<details><summary>Every layer of every table ({len(summ)} rows; above: the paper "
+                 f"table only)</summary>{_summary_table(summ, multi_dtype)}</details>")
+    return body
+
+
+def _summary_table(summ: pd.DataFrame, multi_dtype: bool) -> str:
+    view = pd.DataFrame({
+        "device": summ["device"].map(figures.device_label),
+        "machine": summ["machine"],
+        **({"dtype": summ["dtype"]} if multi_dtype else {}),
+        "layer": summ["layer"],
+        "direction": summ["direction"],
+        "fastest": summ["fastest"],
+        "best flattened": summ["best_flat"],
+        "its time": summ["flat_time"],
+        "dense time": summ["dense_time"],
+        "speedup vs dense": summ["speedup"],
+        "roofline: flattened": summ["flat_roofline"],
+        "roofline: dense": summ["dense_roofline"],
+        "peak MiB: flattened": summ["flat_peak_mib"],
+        "peak MiB: dense": summ["dense_peak_mib"],
+    })
+    return html.table(
+        view,
+        formats={"its time": html.fmt_time, "dense time": html.fmt_time, "speedup vs dense": html.fmt_ratio,
+                 "roofline: flattened": html.fmt_pct, "roofline: dense": html.fmt_pct,
+                 "peak MiB: flattened": html.fmt_num, "peak MiB: dense": html.fmt_num},
+        classes={"speedup vs dense": lambda v: "" if pd.isna(v) else ("good" if v >= 1 else "bad")},
+        span=["device", "machine"] + (["dtype"] if multi_dtype else []) + ["layer"], cls="summary",
+    )
+
+
+def device_section(device: str, all_rows: pd.DataFrame, ok: pd.DataFrame, out: Path,
+                   palette: dict, descriptions: dict, problems: list[str]) -> str:
+    label = figures.device_label(device)
+    attempted = all_rows[all_rows["device"] == device]
+    data = ok[ok["device"] == device]
+    if attempted.empty:
+        if device == "cuda":
+            return html.empty(
+                "No GPU results in these inputs: no record was measured on a CUDA device, so this report "
+                "has no GPU figures. Run the benchmarks on a machine with a GPU and put its results file "
+                "(JSON lines or pytest-benchmark JSON) into reports/results/ to fill this section.")
+        return html.empty(f"No {label} results in these inputs.")
+    if data.empty:
+        return html.empty(f"{len(attempted)} {label} cases were attempted but none succeeded; their "
+                          f"reasons are listed under “Failed and skipped cases”.")
+    dtype = _chosen_dtype(data)
+    if dtype is not None:
+        data = data[data["dtype"] == dtype]
+    others = sorted(set(ok[ok["device"] == device]["dtype"].dropna()) - {dtype})
+    body = ""
+    if others:
+        body += html.paragraph(f"Figures show {dtype}; results for {', '.join(others)} are in the summary "
+                               f"table and the CSV.", "meta")
+    body += html.paragraph("Machines: " + "; ".join(descriptions.get(m, m) for m in sorted(data["machine"].unique())),
+                           "meta")
+    if device == "cuda" and data["time_graph_median"].notna().any():
+        g = data.dropna(subset=["time_graph_median", "time_median"])
+        share = (1 - g["time_graph_median"] / g["time_median"]).median()
+        body += html.paragraph(
+            f"Kernel-only times (CUDA graph replay) exist for {len(g)} cases; the median share of "
+            f"per-call time that is launch overhead outside the kernels is {share:.0%}. They are "
+            f"in the CSV column time_graph_median.", "meta")
+    ctx = figures.Context(out=out, palette=palette, machines=descriptions, device=device, dtype=dtype or "")
+    for function, sentence in DEVICE_FIGURES:
+        result, error = _safe(function, data, ctx, problems=problems)
+        body += _figure_or_sentence(result, error, sentence)
+    return body
+
+
+def models_section(models: list[dict], out: Path, ctx: figures.Context, problems: list[str]) -> str:
+    body = ""
+    for i, model in enumerate(models):
+        name = Path(model.get("source", f"models{i}")).name.removesuffix(".models.json")
+        body += f"<h3>{html.esc(name)}</h3>"
+        rows = []
+        for variant in ("baseline", "flattened"):
+            v = model.get(variant) or {}
+            rows.append({"network": variant, "parameters": v.get("params"), "conv parameters": v.get("conv_params"),
+                         "test accuracy": v.get("test_accuracy"), "epochs": len(v.get("history") or [])})
+        t = pd.DataFrame(rows)
+        base, flat = t.iloc[0], t.iloc[1]
+        try:
+            body += html.paragraph(
+                f"Flattening keeps {float(flat['conv parameters']) / float(base['conv parameters']):.0%} of the "
+                f"convolution parameters; test accuracy {float(base['test accuracy']):.2%} → "
+                f"{float(flat['test accuracy']):.2%}.", "headline")
+        except (TypeError, ValueError, ZeroDivisionError):
+            pass
+        body += html.table(t, formats={"parameters": html.fmt_num, "conv parameters": html.fmt_num,
+                                       "test accuracy": lambda v: "" if pd.isna(v) else f"{float(v):.2%}"})
+        result, error = _safe(figures.model_curves, model, ctx, name, problems=problems)
+        body += _figure_or_sentence(result, error, "No per-epoch history in this file.")
+        if model.get("filters"):
+            target = out / "figures" / f"filters_{name}{Path(model['filters']).suffix}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(model["filters"], target)
+            body += html.figure(figures.Figure(
+                f"figures/{target.name}", f"Learned filters: {name}",
+                "Filters of the trained networks as written by the model benchmark (bench/models.py)."))
+    return body
+
+
+def build(inputs: list | None = None, out: Path | str | None = None, problems: list | None = None) -> Path:
+    """Write results.csv, figures/ and index.html into `out`; return index.html's path.
+    Reading and drawing problems are appended to `problems` when given (and listed on the page)."""
+    out = Path(out) if out is not None else DEFAULT_OUT
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / "figures", ignore_errors=True)
+    (out / "figures").mkdir()
+    data: Inputs = load(inputs)
+    df = data.records
+    problems = data.problems if problems is None else problems
+    if problems is not data.problems:
+        problems.extend(data.problems)
+
+    df.to_csv(out / "results.csv", index=False)
+    ok = latest(df)
+    palette = figures.palette(df["impl"].dropna().unique())
+    descriptions = _machine_descriptions(df)
+    ctx = figures.Context(out=out, palette=palette, machines=descriptions)
+
+    sections = []
+    summ = tables.summary(ok)
+    sections.append(("summary", "Summary", summary_section(summ)))
+    devices = ["cpu", "cuda"] + sorted(set(df["device"].dropna()) - {"cpu", "cuda"})
+    for device in devices:
+        sections.append((device if device != "cuda" else "gpu", figures.device_label(device),
+                         device_section(device, df, ok, out, palette, descriptions, problems)))
+
+    layers = tables.parameter_layers(df)
+    result, error = _safe(figures.parameters, layers, ctx, problems=problems)
+    body = _figure_or_sentence(result, error, "No layer shapes in these results, so no parameter counts.")
+    if not layers.empty:
+        view = layers.assign(reduction=1 - layers["flat_params"] / layers["dense_params"])
+        body += html.table(view.drop(columns=["label"]).rename(columns={
+            "in_channels": "in", "out_channels": "out", "kernel_size": "k", "flat_params": "flattened",
+            "dense_params": "dense"}), formats={"reduction": html.fmt_pct})
+    sections.append(("parameters", "Parameters", body))
+
+    result, error = _safe(figures.history, data.asv, ctx, problems=problems)
+    sections.append(("history", "History across commits (asv)", _figure_or_sentence(
+        result, error, "No asv results in these inputs (asv writes them to .asv/results/ with `asv run`), "
+                       "so there is no history across commits.")))
+
+    if data.models:  # pluggable: only when a *.models.json is among the inputs
+        sections.append(("models", "Model-level accuracy", models_section(data.models, out, ctx, problems)))
+
+    machines = tables.machines(df, data.asv_machines)
+    sections.append(("machines", "Machines", html.table(machines, index=True) if not machines.empty
+                     else html.empty("No machine metadata in these inputs.")))
+
+    fails = tables.failures(df)
+    sections.append(("failures", "Failed and skipped cases", (
+        html.paragraph(f"{int(fails['count'].sum())} cases did not produce a time, grouped below by "
+                       f"reason. A failed case did not pass the correctness gate or raised; a skipped one "
+                       f"could not run there. results.csv lists each case.", "meta")
+        + html.table(fails)) if not fails.empty else html.empty("No failed or skipped cases.")))
+
+    data_body = (f'<p><a href="results.csv">results.csv</a>: the tidy long table, one row per case '
+                 f"({len(df)} rows, every status), with the derived columns (speedup, roofline_fraction, "
+                 f"layer_flops...) used by the figures.</p>")
+    data_body += "<p>Inputs:</p><ul>" + "".join(f"<li><code>{html.esc(s)}</code></li>" for s in data.sources) + "</ul>"
+    if not data.sources:
+        data_body += html.empty("No results were found in the inputs.")
+    if problems:
+        data_body += ("<details><summary>Notes while reading and drawing "
+                      f"({len(problems)})</summary><pre>{_html.escape(chr(10).join(problems))}</pre></details>")
+    sections.append(("data", "Data", data_body))
+
+    n_machines = df["machine"].nunique() if not df.empty else 0
+    meta = html.esc(f"{len(df)} cases from {n_machines} machine(s), {len(data.sources)} input(s). "
+                    "Flattened convolution layer (Jin et al. 2015): lateral 1×1, vertical k×1 and horizontal "
+                    "1×k convolutions replacing one dense k×k convolution.")
+    index = out / "index.html"
+    index.write_text(html.page("Flattened convolution benchmarks", sections, meta), encoding="utf-8")
+    return index

@@ -1,0 +1,473 @@
+"""Readers: results files -> one tidy long DataFrame (one row per measured case).
+
+Inputs (see reports/README.md):
+- ``*.jsonl``: one harness record per line; a truncated last line (an interrupted run)
+  is ignored.
+- ``*.json`` from pytest-benchmark (``--benchmark-json``): the record is each
+  benchmark's ``extra_info``; time statistics missing from it are filled from ``stats``.
+- ``*.models.json``: model-level accuracy results (kept apart, see `load_models`).
+- an asv results folder (``<machine>/<hash>-<env>.json`` + ``benchmarks.json``), read
+  with asv's own code (see `load_asv`).
+
+Every column may be missing and every row may be partial: the readers never fail on
+content, they warn and skip what they cannot read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Columns the rest of the package may rely on; any that no input provides are added empty.
+RECORD_COLUMNS = [
+    "run_id", "case", "impl", "device", "table", "shape", "batch", "in_channels",
+    "out_channels", "height", "width", "kernel_size", "padding", "dtype", "direction",
+    "status", "reason", "time_median", "time_iqr", "time_q1", "time_q3", "time_mean",
+    "time_min", "time_stddev", "rounds", "time_graph_median", "timer", "peak_bytes",
+    "flops", "bytes", "gflops", "gbps", "intensity", "roofline_fraction", "params",
+    "max_rel_error", "timestamp", "commit",
+]
+NUMERIC_COLUMNS = [
+    "batch", "in_channels", "out_channels", "height", "width", "kernel_size", "padding",
+    "time_median", "time_iqr", "time_q1", "time_q3", "time_mean", "time_min", "time_stddev",
+    "rounds", "time_graph_median", "peak_bytes", "flops", "bytes", "gflops", "gbps",
+    "intensity", "roofline_fraction", "params", "max_rel_error",
+]
+MACHINE_KEYS = [
+    "host", "cpu_model", "cpu_cores_physical", "cpu_cores_logical", "cpu_freq_mhz",
+    "memory_bytes", "gpu_name", "gpu_driver", "gpu_memory_bytes", "gpu_clocks",
+    "torch_version", "cudnn_version", "cupy_version", "compiler", "torch_threads",
+    "omp_threads", "glibc_tunables", "copy_gbps", "sgemm_gflops", "platform", "python",
+]
+# pytest-benchmark "stats" key -> record key
+STATS_MAP = {
+    "median": "time_median", "iqr": "time_iqr", "q1": "time_q1", "q3": "time_q3",
+    "mean": "time_mean", "min": "time_min", "stddev": "time_stddev", "rounds": "rounds",
+}
+ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "tf32": 4, "float64": 8}
+
+
+@dataclasses.dataclass
+class Inputs:
+    """Everything read from the inputs: the tidy table and the side channels."""
+
+    records: pd.DataFrame
+    asv: pd.DataFrame
+    asv_machines: list[dict]
+    models: list[dict]
+    sources: list[str]
+    problems: list[str]
+
+
+def _warn(problems: list[str], message: str) -> None:
+    problems.append(message)
+
+
+
+# --------------------------------------------------------------------------------------
+# Shapes arithmetic: taken from impls/shapes.py (pure Python) without importing torch.
+def shapes_module():
+    """impls.shapes, loaded from its file so that building a report needs no torch."""
+    if "impls.shapes" in sys.modules:
+        return sys.modules["impls.shapes"]
+    path = REPO / "impls" / "shapes.py"
+    try:
+        spec = importlib.util.spec_from_file_location("_flatconv_shapes", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules.setdefault("_flatconv_shapes", module)
+        spec.loader.exec_module(module)
+        return module
+    except Exception:  # noqa: BLE001 - a missing impls/ only loses the derived columns
+        return None
+
+
+def _layer_shape(row):
+    shapes = shapes_module()
+    if shapes is None:
+        return None
+    try:
+        fields = {f: int(row[f]) for f in ("batch", "in_channels", "out_channels", "height",
+                                            "width", "kernel_size")}
+        padding = row.get("padding")
+        fields["padding"] = 0 if padding is None or _isnan(padding) else int(padding)
+        return shapes.LayerShape(**fields)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _isnan(value) -> bool:
+    try:
+        return value is None or math.isnan(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------------------
+# Readers for one file each.
+def _flatten(record: dict) -> dict:
+    """A harness record as a flat row: the machine dict becomes machine_<key> columns."""
+    row = {k: v for k, v in record.items() if k != "machine" and not isinstance(v, (dict, list))}
+    machine = record.get("machine")
+    if isinstance(machine, dict):
+        for key, value in machine.items():
+            if isinstance(value, (dict, list)):
+                value = json.dumps(value, sort_keys=True)
+            row[f"machine_{key}"] = value
+    for key, value in record.items():  # nested extras other than machine: keep as JSON text
+        if key != "machine" and isinstance(value, (dict, list)):
+            row[key] = json.dumps(value, sort_keys=True)
+    return row
+
+
+def read_jsonl(path: Path, problems: list[str]) -> list[dict]:
+    rows = []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                _warn(problems, f"{path}: ignored a truncated last line (interrupted run?)")
+            else:
+                _warn(problems, f"{path}:{number}: not JSON, line ignored")
+            continue
+        if isinstance(record, dict):
+            row = _flatten(record)
+            row["source"] = str(path)
+            rows.append(row)
+    return rows
+
+
+def _pytest_machine(info: dict) -> dict:
+    """pytest-benchmark's machine_info in the record's machine vocabulary (fallback only)."""
+    cpu = info.get("cpu") or {}
+    return {
+        "host": info.get("node"),
+        "cpu_model": cpu.get("brand_raw") or info.get("processor"),
+        "cpu_cores_logical": cpu.get("count"),
+        "platform": " ".join(str(x) for x in (info.get("system"), info.get("release")) if x) or None,
+        "python": info.get("python_version"),
+    }
+
+
+def read_pytest_benchmark(path: Path, data: dict, problems: list[str]) -> list[dict]:
+    rows = []
+    machine = _pytest_machine(data.get("machine_info") or {})
+    commit = (data.get("commit_info") or {}).get("id")
+    for bench in data.get("benchmarks") or []:
+        if not isinstance(bench, dict):
+            continue
+        record = dict(bench.get("extra_info") or {})
+        stats = bench.get("stats") or {}
+        for key, column in STATS_MAP.items():
+            if record.get(column) is None and stats.get(key) is not None:
+                record[column] = stats[key]
+        record.setdefault("case", bench.get("fullname") or bench.get("name"))
+        record.setdefault("run_id", f"{path.stem}:{data.get('datetime', '')}")
+        record.setdefault("commit", commit)
+        record.setdefault("timestamp", data.get("datetime"))
+        if record.get("status") is None:
+            record["status"] = "ok" if record.get("time_median") is not None else "failed"
+        if not isinstance(record.get("machine"), dict):
+            record["machine"] = machine
+        row = _flatten(record)
+        row["source"] = str(path)
+        rows.append(row)
+    if not rows:
+        _warn(problems, f"{path}: pytest-benchmark file without benchmarks")
+    return rows
+
+
+def load_models(path: Path, problems: list[str]) -> dict | None:
+    """A ``*.models.json`` file (bench/models.py): {"baseline": {...}, "flattened": {...},
+    optional "filters": "png path"}; the filters path is resolved against the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        _warn(problems, f"{path}: unreadable models file ({exc})")
+        return None
+    if not isinstance(data, dict):
+        _warn(problems, f"{path}: models file is not a JSON object")
+        return None
+    data = dict(data)
+    data["source"] = str(path)
+    filters = data.get("filters")
+    if isinstance(filters, str):
+        candidate = Path(filters)
+        if not candidate.is_absolute():
+            candidate = path.parent / candidate
+        data["filters"] = str(candidate) if candidate.exists() else None
+    return data
+
+
+# --------------------------------------------------------------------------------------
+# asv results, through asv's own reading code.
+def is_asv_results_dir(path: Path) -> bool:
+    if not path.is_dir():
+        return False
+    if (path / "benchmarks.json").exists():
+        return True
+    return any((child / "machine.json").exists() for child in path.iterdir() if child.is_dir())
+
+
+def load_asv(results_dir: Path, problems: list[str]) -> tuple[list[dict], list[dict]]:
+    """Rows (machine, commit, date, benchmark, params, value, q25, q75, unit, type) and
+    the machine.json contents, read with ``asv.results.Results.load`` and
+    ``asv.util.load_json``."""
+    try:
+        from asv import results as asv_results
+        from asv import util as asv_util
+    except ImportError:
+        _warn(problems, f"{results_dir}: asv is not installed, so its results are not read "
+                        "(pip install asv)")
+        return [], []
+    benchmarks = {}
+    bench_file = results_dir / "benchmarks.json"
+    if bench_file.exists():
+        try:
+            benchmarks = asv_util.load_json(str(bench_file), api_version=2)
+        except Exception as exc:  # noqa: BLE001 - asv raises UserError and OSError
+            _warn(problems, f"{bench_file}: {exc}")
+    rows, machines = [], []
+    for machine_dir in sorted(p for p in results_dir.iterdir() if p.is_dir()):
+        machine_json = machine_dir / "machine.json"
+        if machine_json.exists():
+            try:
+                machines.append(asv_util.load_json(str(machine_json), api_version=1))
+            except Exception as exc:  # noqa: BLE001
+                _warn(problems, f"{machine_json}: {exc}")
+        for path in sorted(machine_dir.glob("*.json")):
+            if path.name in ("machine.json", "benchmarks.json"):
+                continue
+            try:
+                result = asv_results.Results.load(str(path))
+            except Exception as exc:  # noqa: BLE001
+                _warn(problems, f"{path}: not an asv results file ({exc})")
+                continue
+            rows.extend(_asv_rows(result, benchmarks, machine_dir.name))
+    return rows, machines
+
+
+def _asv_rows(result, benchmarks: dict, machine_name: str) -> list[dict]:
+    import itertools
+
+    rows = []
+    machine = (result.params or {}).get("machine") or machine_name
+    for key in sorted(result.get_all_result_keys()):
+        info = benchmarks.get(key) or {}
+        try:  # asv's own accessors; an unparameterized benchmark has params [] and one value
+            params = result.get_result_params(key) or []
+            combos = list(itertools.product(*params))
+            values = result.get_result_value(key, params)
+            stats = result.get_result_stats(key, params)
+        except Exception:  # noqa: BLE001 - a malformed entry loses only itself
+            continue
+        names = info.get("param_names") or [f"p{i}" for i in range(len(params))]
+        for combo, value, stat in zip(combos, values, stats or [None] * len(combos)):
+            stat = stat or {}
+            rows.append({
+                "machine": machine,
+                "commit": result.commit_hash,
+                "date": pd.to_datetime(result.date, unit="ms", utc=True) if result.date else pd.NaT,
+                "env": result.env_name,
+                "benchmark": key,
+                "type": info.get("type") or key.rsplit(".", 1)[-1].split("_", 1)[0],
+                "unit": info.get("unit"),
+                "params": ", ".join(f"{n}={str(v).strip(chr(39))}" for n, v in zip(names, combo)),
+                "value": value if value is not None and not _isnan(value) else math.nan,
+                "q25": stat.get("q_25"),
+                "q75": stat.get("q_75"),
+            })
+    return rows
+
+
+# --------------------------------------------------------------------------------------
+# Discovery and the tidy table.
+def default_inputs() -> list[Path]:
+    inputs = [REPO / "reports" / "results"]
+    asv_dir = REPO / ".asv" / "results"
+    conf = REPO / "asv.conf.json"
+    if conf.exists():
+        try:
+            from asv import util as asv_util
+
+            configured = asv_util.load_json(str(conf), js_comments=True).get("results_dir")
+            if configured:
+                asv_dir = (REPO / configured).resolve()
+        except Exception:  # noqa: BLE001 - keep the default folder
+            pass
+    if asv_dir.exists():
+        inputs.append(asv_dir)
+    return inputs
+
+
+def _expand(inputs: list[Path], problems: list[str]) -> tuple[list[Path], list[Path]]:
+    """Files to read, and asv results folders."""
+    files, asv_dirs = [], []
+    for path in inputs:
+        path = Path(path)
+        if not path.exists():
+            _warn(problems, f"{path}: no such file or folder")
+        elif is_asv_results_dir(path):
+            asv_dirs.append(path)
+        elif path.is_dir():
+            for child in sorted(path.rglob("*")):
+                if child.is_file() and child.suffix in (".json", ".jsonl"):
+                    files.append(child)
+                elif child.is_dir() and is_asv_results_dir(child):
+                    asv_dirs.append(child)
+            # files inside an asv folder found by rglob belong to that folder
+            files = [f for f in files if not any(d in f.parents for d in asv_dirs)]
+        else:
+            files.append(path)
+    return list(dict.fromkeys(files)), list(dict.fromkeys(asv_dirs))
+
+
+def load(inputs: list[Path] | None = None) -> Inputs:
+    problems: list[str] = []
+    inputs = default_inputs() if inputs is None else [Path(p) for p in inputs]
+    files, asv_dirs = _expand(inputs, problems)
+    rows, models, sources = [], [], []
+    for path in files:
+        if path.name.endswith(".models.json"):
+            model = load_models(path, problems)
+            if model is not None:
+                models.append(model)
+                sources.append(str(path))
+            continue
+        try:
+            if path.suffix == ".jsonl":
+                new = read_jsonl(path, problems)
+            else:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                if isinstance(data, dict) and "benchmarks" in data:
+                    new = read_pytest_benchmark(path, data, problems)
+                else:
+                    _warn(problems, f"{path}: not a results file this report knows, ignored")
+                    continue
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            _warn(problems, f"{path}: unreadable ({exc})")
+            continue
+        if new:
+            sources.append(str(path))
+        rows.extend(new)
+    asv_rows, asv_machines = [], []
+    for folder in asv_dirs:
+        new, machines = load_asv(folder, problems)
+        asv_rows.extend(new)
+        asv_machines.extend(machines)
+        if new:
+            sources.append(str(folder))
+    return Inputs(
+        records=tidy(pd.DataFrame(rows)),
+        asv=pd.DataFrame(asv_rows, columns=["machine", "commit", "date", "env", "benchmark", "type",
+                                            "unit", "params", "value", "q25", "q75"]),
+        asv_machines=asv_machines,
+        models=models,
+        sources=sources,
+        problems=problems,
+    )
+
+
+def tidy(df: pd.DataFrame) -> pd.DataFrame:
+    """Deduplicate, fill what can be derived, and add the comparison columns."""
+    for column in RECORD_COLUMNS + [f"machine_{k}" for k in MACHINE_KEYS] + ["source"]:
+        if column not in df.columns:
+            df[column] = None
+    df = df.copy()
+    for column in NUMERIC_COLUMNS + ["machine_copy_gbps", "machine_sgemm_gflops"]:
+        df[column] = pd.to_numeric(df[column], errors="coerce")
+    if df.empty:
+        return _derived(df)
+
+    # Identity: a run without an id is its own source file; a case without an id is
+    # named from its fields.
+    df["run_id"] = df["run_id"].where(df["run_id"].notna(), df["source"]).astype(str)
+    fields = ["impl", "device", "table", "shape", "dtype", "direction"]
+    named = df[fields].apply(lambda col: col.map(str)).agg("/".join, axis=1)
+    df["case"] = df["case"].where(df["case"].notna(), named).astype(str)
+    # Same case in a .jsonl and a .json of the same run: keep the row with most fields.
+    df["_filled"] = df.notna().sum(axis=1)
+    df = (df.sort_values("_filled", ascending=False, kind="stable")
+            .drop_duplicates(["run_id", "case"]).drop(columns="_filled"))
+
+    # Machine metadata: copy within a run to records that lack it.
+    machine_cols = [c for c in df.columns if c.startswith("machine_")]
+    df[machine_cols] = df.groupby("run_id")[machine_cols].transform(lambda s: s.ffill().bfill())
+    df["machine"] = df["machine_host"].where(df["machine_host"].notna(), "unknown machine").astype(str)
+    df["status"] = df["status"].fillna(
+        pd.Series(["ok" if t == t else "failed" for t in df["time_median"]], index=df.index))
+    df["device"] = df["device"].fillna("unknown")
+    return _derived(df)
+
+
+def _derived(df: pd.DataFrame) -> pd.DataFrame:
+    """FLOPs, bytes, rates, roofline fraction (when missing) and the dense comparisons."""
+    for column in ("machine", "layer", "layer_flops", "speedup", "dense_time", "dense_peak_bytes",
+                   "roofline_gflops", "is_flat"):
+        if column not in df.columns:
+            df[column] = None
+    if df.empty:
+        return df
+    df["layer"] = [
+        f"{t}:{s}" if isinstance(t, str) and isinstance(s, str) else (s if isinstance(s, str) else "?")
+        for t, s in zip(df["table"], df["shape"])
+    ]
+    df["is_flat"] = df["impl"].astype(str) != "dense"
+    layer_flops = []
+    for index, row in df.iterrows():
+        shape = _layer_shape(row)
+        # The layer's size, the same for every implementation: the dense layer's forward FLOPs.
+        layer_flops.append(shape.flops("forward", "dense") if shape is not None else math.nan)
+        direction = row["direction"]
+        if shape is None or direction not in ("forward", "backward", "train"):
+            continue
+        kind = "dense" if row["impl"] == "dense" else "flat"
+        itemsize = ITEMSIZE.get(str(row["dtype"]), 4)
+        if _isnan(row["flops"]):
+            df.at[index, "flops"] = shape.flops(direction, kind)
+        if _isnan(row["bytes"]):
+            df.at[index, "bytes"] = shape.min_bytes(direction, kind, itemsize)
+        if _isnan(row["params"]):
+            df.at[index, "params"] = shape.params(kind)
+    df["layer_flops"] = layer_flops
+    t = df["time_median"]
+    df["gflops"] = df["gflops"].fillna(df["flops"] / t / 1e9)
+    df["gbps"] = df["gbps"].fillna(df["bytes"] / t / 1e9)
+    df["intensity"] = df["intensity"].fillna(df["flops"] / df["bytes"])
+    ceiling = pd.concat([df["machine_sgemm_gflops"], df["machine_copy_gbps"] * df["intensity"]],
+                        axis=1).min(axis=1, skipna=False)
+    df["roofline_gflops"] = ceiling
+    df["roofline_fraction"] = df["roofline_fraction"].fillna(df["gflops"] / ceiling)
+
+    # Dense of the same run, device, layer, dtype and direction.
+    key = ["run_id", "device", "table", "shape", "dtype", "direction"]
+    ok = df["status"] == "ok"
+    dense = df[ok & (df["impl"] == "dense")][key + ["time_median", "peak_bytes"]]
+    dense = dense.rename(columns={"time_median": "dense_time", "peak_bytes": "dense_peak_bytes"})
+    dense = dense.drop_duplicates(key)
+    df = df.drop(columns=["dense_time", "dense_peak_bytes", "speedup"])
+    df = df.merge(dense, on=key, how="left")
+    df["speedup"] = df["dense_time"] / df["time_median"]
+    return df
+
+
+def latest(df: pd.DataFrame) -> pd.DataFrame:
+    """Only ok rows, and for each machine and case only the latest run (by timestamp)."""
+    ok = df[df["status"] == "ok"].copy()
+    if ok.empty:
+        return ok
+    ok["_ts"] = pd.to_datetime(ok["timestamp"], errors="coerce", utc=True)
+    ok = ok.sort_values(["_ts", "run_id"], na_position="first", kind="stable")
+    ok = ok.drop_duplicates(["machine", "device", "case"], keep="last")
+    return ok.drop(columns="_ts")
