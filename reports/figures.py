@@ -154,7 +154,7 @@ def _layer_bars(data: pd.DataFrame, y: str, ylabel: str, ctx: Context, log: bool
         ax.set_xlabel("")
     top = axes[0, 0]
     for i, table in enumerate(tables):
-        if i == 0 or table != tables[i - 1]:
+        if isinstance(table, str) and (i == 0 or table != tables[i - 1]):
             top.annotate(f"{table} table", xy=(i - 0.45, 1.0), xycoords=("data", "axes fraction"),
                          xytext=(0, 3), textcoords="offset points", fontsize=8, color="#555")
     ax = axes[-1, 0]
@@ -255,7 +255,8 @@ def memory(df: pd.DataFrame, ctx: Context) -> list[Figure] | None:
             f"Extra memory one call needs beyond its inputs and weights ({kind}), per layer, log "
             f"scale; dense is the dark bar. Measured on {ctx.where(sub)}; {_batch_note(sub)}; "
             f"{ctx.dtype}. A stage-by-stage flattened layer keeps two intermediate tensors, a fused one "
-            f"fewer; a bar lower than dense's costs less memory than the dense layer."))
+            f"fewer; a bar lower than dense's costs less memory than the dense layer. A missing bar: no "
+            f"measurable rise (0 bytes) or not measured."))
     return out or None
 
 

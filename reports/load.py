@@ -179,7 +179,9 @@ def read_pytest_benchmark(path: Path, data: dict, problems: list[str]) -> list[d
         if record.get("status") is None:
             record["status"] = "ok" if record.get("time_median") is not None else "failed"
         if not isinstance(record.get("machine"), dict):
-            record["machine"] = machine
+            # bench/conftest.py stores the harness's machine record per device in machine_info
+            per_device = ((data.get("machine_info") or {}).get("flatconv") or {}).get(record.get("device"))
+            record["machine"] = per_device if isinstance(per_device, dict) else machine
         row = _flatten(record)
         row["source"] = str(path)
         rows.append(row)

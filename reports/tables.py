@@ -102,16 +102,17 @@ def _fmt_machine_value(key, value):
         return ""
     if key.endswith("_bytes"):
         try:
-            return f"{float(value) / 2**30:.1f} GiB"
+            size = float(value)
         except (TypeError, ValueError):
             return str(value)
+        return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
     if key in ("copy_gbps", "sgemm_gflops", "cpu_freq_mhz"):
         try:
             return f"{float(value):,.1f}"
         except (TypeError, ValueError):
             return str(value)
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else f"{value:.4g}"
     if isinstance(value, str) and value.startswith("{"):
         try:
             return ", ".join(f"{k} {v}" for k, v in json.loads(value).items())
@@ -126,7 +127,10 @@ def machines(df: pd.DataFrame, asv_machines: list[dict]) -> pd.DataFrame:
     for machine, group in df.groupby("machine", sort=True):
         group = group.sort_values("timestamp", na_position="first")
         col = {}
-        for key, label in MACHINE_FIELDS:
+        known = {key for key, _ in MACHINE_FIELDS} | {"host"}
+        extras = sorted(c[len("machine_"):] for c in group.columns
+                        if c.startswith("machine_") and c[len("machine_"):] not in known)
+        for key, label in MACHINE_FIELDS + [(key, key) for key in extras]:
             values = group.get(f"machine_{key}")
             value = values.dropna().iloc[-1] if values is not None and values.notna().any() else None
             col[label] = _fmt_machine_value(key, value)
