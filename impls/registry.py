@@ -18,6 +18,7 @@ _MODULES = (
     "impls.composed",
     "impls.dense",
     "impls.openmp",
+    "impls.cupy_kernels",
 )
 
 _REGISTRY: dict[str, Implementation] = {}
