@@ -40,7 +40,10 @@ from torch import nn
 # Defaults shared by the CLI and the asv track_ benchmarks (bench/asv_models.py), so a
 # tracked accuracy is exactly what `python -m bench.models digits` prints.
 SEED = 0
-THREADS = 2
+# One thread: these nets are tiny, and on a shared 2-core machine two threads were 5-15x
+# slower than one (OpenMP barriers under contention; 1 epoch of the flattened net: 1.4-4 s
+# at 1 thread, 21 s at 2, load average ~150).
+THREADS = 1
 DIGITS_EPOCHS = 20
 DIGITS_BATCH = 32
 DIGITS_LR = 2e-3
@@ -471,6 +474,274 @@ def save_filters(baseline: ConvNet, flattened: ConvNet, path, max_filters: int =
 
 
 # --------------------------------------------------------------------------------------
+# Benchmark cases: the "model" table of both suites (bench/test_models_bench.py, asv_models.py)
+# --------------------------------------------------------------------------------------
+MODEL_TABLE = "model"
+MODEL_DIRECTIONS = ("forward", "train")
+# Which network configs each layer preset brings into the model table (the suites share
+# the layer suites' --preset option), and the batch per (config, device).
+MODEL_PRESETS = {"smoke": ("digits",), "paper": ("cifar",), "sweep": ()}
+MODEL_BATCH = {("digits", "cpu"): 8, ("digits", "cuda"): 8, ("cifar", "cpu"): 8, ("cifar", "cuda"): 128,
+               ("mnist", "cpu"): 8, ("mnist", "cuda"): 128}
+BASELINE_IMPL = "dense"  # the model case named "dense" is the baseline network (nn.Conv2d)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCase:
+    """(implementation, device, network config, dtype, direction). impl "dense" means the
+    baseline network (dense nn.Conv2d layers); any other implementation runs the
+    flattened twin. direction: "forward" (inference, no autograd graph) or "train" (one
+    SGD step: forward, cross-entropy, backward, parameter update)."""
+
+    impl: str
+    device: str
+    config: str
+    dtype: str = "float32"
+    direction: str = "forward"
+
+    @property
+    def network(self) -> str:
+        return "baseline" if self.impl == BASELINE_IMPL else "flattened"
+
+    @property
+    def batch(self) -> int:
+        return MODEL_BATCH[(self.config, self.device)]
+
+    @property
+    def id(self) -> str:
+        return f"{self.impl}/{self.device}/{MODEL_TABLE}:{self.config}/{self.dtype}/{self.direction}"
+
+    @property
+    def group(self) -> str:
+        return f"{MODEL_TABLE}:{self.config}/{self.device}/{self.dtype}/{self.direction}"
+
+
+def model_configs(presets) -> list[str]:
+    out = []
+    for preset in presets:
+        for name in MODEL_PRESETS.get(preset, ()):
+            if name not in out:
+                out.append(name)
+    return out
+
+
+def select_model_cases(presets, *, impl_names=None, devices=None, directions=MODEL_DIRECTIONS,
+                       dtypes=("float32",)) -> list[ModelCase]:
+    """Model cases for the layer presets given (smoke -> digits, paper -> cifar), filtered
+    like the layer cases; directions other than forward/train have no model case."""
+    import impls
+
+    names = list(impl_names) if impl_names else impls.names()
+    unknown = [n for n in names if n not in impls.names()]
+    if unknown:
+        raise ValueError(f"impl: unknown {unknown}; known: {', '.join(impls.names())}")
+    out = []
+    for config in model_configs(presets):
+        for device in devices or ("cpu", "cuda"):
+            for name in names:
+                if device not in impls.get(name).devices:
+                    continue
+                for dtype in dtypes:
+                    for direction in directions:
+                        if direction in MODEL_DIRECTIONS:
+                            out.append(ModelCase(name, device, config, dtype, direction))
+    return out
+
+
+def _network_flops(case: ModelCase) -> int:
+    """FLOPs of the network's convolutions for one batch (impls.shapes counts, the ReLUs,
+    pooling and classifier left out); train counts forward + backward."""
+    from impls.shapes import LayerShape
+
+    cfg = get_config(case.config)
+    direction = "train" if case.direction == "train" else "forward"
+    size, total = cfg.image_size, 0
+    for (c, n, k), pool in zip(cfg.layer_shapes(), cfg.pool):
+        p = k // 2
+        if case.network == "baseline":
+            total += LayerShape(case.batch, c, n, size, size, k, p).flops(direction, "dense")
+        else:
+            total += LayerShape(case.batch, c, n, size, size, k, p).flops(direction, "flat")
+            total += LayerShape(case.batch, n, n, size, size, k, p).flops(direction, "flat")
+        size //= 2 if pool else 1
+    return total
+
+
+def setup_model_case(case: ModelCase, threads: int | None = None, warmup: bool = True):
+    """Build the network, gate it against its float64 twin (same weights, impl "torch"
+    or nn.Conv2d, float64) and return a warmed-up harness.Bench whose `call` runs the case
+    once. Raises harness.Unavailable or harness.GateFailed like harness.setup_case."""
+    import impls
+    from impls import verify
+
+    from . import harness
+
+    if case.impl not in impls.names():
+        raise harness.Unavailable(f"implementation {case.impl!r} does not exist in this version")
+    impl = impls.get(case.impl)
+    if case.device not in impl.devices:
+        raise harness.Unavailable(f"{case.impl} runs on {', '.join(impl.devices)} only, not {case.device}")
+    if case.device == "cuda" and not torch.cuda.is_available():
+        raise harness.Unavailable("no CUDA device (torch.cuda.is_available() is False)")
+    dtype = harness.DTYPES[case.dtype]
+    if case.network == "flattened":
+        reason = impl.unavailable_reason(case.device)
+        if reason is not None:
+            raise harness.Unavailable(reason)
+        if not impl.supports_dtype(case.device, dtype):
+            raise harness.Unavailable(f"{case.impl} on {case.device} does not support {case.dtype}")
+    threads = harness.set_threads(threads)
+    if case.device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True
+
+    cfg = get_config(case.config)
+    impl_name = case.impl if case.network == "flattened" else "torch"
+    model = ConvNet(cfg, case.network, impl=impl_name, seed=SEED).to(device=case.device, dtype=dtype)
+    oracle = ConvNet(cfg, case.network, impl="torch", seed=SEED).to(device=case.device, dtype=torch.float64)
+    oracle.load_state_dict({k: v.to(torch.float64) for k, v in model.state_dict().items()})
+    gen = torch.Generator().manual_seed(sum(map(ord, case.config)))
+    x64 = torch.randn(case.batch, cfg.in_channels, cfg.image_size, cfg.image_size, generator=gen,
+                      dtype=torch.float64).to(case.device)
+    y = torch.randint(0, cfg.num_classes, (case.batch,), generator=gen).to(case.device)
+    x = x64.to(dtype)
+
+    # Correctness gate: output, and for train every parameter's gradient.
+    with torch.no_grad():
+        errors = {"output": verify.relative_error(model.eval()(x), oracle.eval()(x64))}
+    if case.direction == "train":
+        model.train(), oracle.train()
+        F.cross_entropy(model(x), y).backward()
+        F.cross_entropy(oracle(x64), y).backward()
+        for (name, p), (_, q) in zip(model.named_parameters(), oracle.named_parameters()):
+            errors[f"grad:{name}"] = verify.relative_error(p.grad, q.grad)
+        model.zero_grad(set_to_none=True)
+    del oracle
+    # The network's error compounds over its layers: ten times the layer tolerance.
+    tol = 10 * verify.tolerance(dtype)
+    bad = {k: v for k, v in errors.items() if not v <= tol}
+    if bad:
+        worst = max(bad, key=bad.get)
+        raise harness.GateFailed(f"{worst} differs from the float64 network: relative error {bad[worst]:.3g} > "
+                                 f"{tol:g} (all failing: {', '.join(sorted(bad))})")
+
+    if case.direction == "forward":
+        model.eval()
+
+        def raw():
+            with torch.no_grad():
+                return model(x)
+    else:
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=1e-6)  # tiny steps: the weights stay near the gated ones
+
+        def raw():
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+
+    if case.device == "cuda":
+        def call():
+            raw()
+            torch.cuda.synchronize()
+    else:
+        call = raw
+    bench = harness.Bench(case, call, raw, errors, impl, threads=threads)
+    bench.model = model
+    if warmup:
+        bench.warmup_calls = harness.warm_up(call)
+    return bench
+
+
+def model_record(case: ModelCase, *, status: str, reason: str | None = None, stats: dict | None = None,
+                 bench=None, peak: int | None = None, peak_method: str | None = None,
+                 graph_time: float | None = None, graph_note: str | None = None) -> dict:
+    """One model-table result in the layer records' schema (bench/README.md) with
+    table "model" and shape = the network config; `params` is the whole network's."""
+    from . import harness
+
+    cfg = get_config(case.config)
+    net = ConvNet(cfg, case.network, impl="torch")
+    summary = param_summary(net)
+    flops = _network_flops(case)
+    rec = {
+        "run_id": harness.run_id(),
+        "case": case.id,
+        "impl": case.impl,
+        "device": case.device,
+        "table": MODEL_TABLE,
+        "shape": case.config,
+        "network": case.network,
+        "batch": case.batch,
+        "in_channels": cfg.in_channels,
+        "out_channels": cfg.num_classes,
+        "height": cfg.image_size,
+        "width": cfg.image_size,
+        "kernel_size": cfg.kernel_size,
+        "padding": cfg.kernel_size // 2,
+        "dtype": case.dtype,
+        "direction": case.direction,
+        "status": status,
+        "reason": reason,
+        "timer": harness.TIMER[case.device],
+        "params": summary["params"],
+        "conv_params": summary["conv_params"],
+        "flops": flops,
+        "bytes": None,
+        "intensity": None,
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": harness.git_commit(),
+    }
+    if bench is not None:
+        rec["max_rel_error"] = max(bench.errors.values())
+        rec["errors"] = bench.errors
+        rec["warmup_calls"] = bench.warmup_calls
+        rec["runtime"] = bench.impl.runtime_info()
+    if stats:
+        rec.update(stats)
+        if stats.get("time_median"):
+            rec["gflops"] = flops / stats["time_median"] / 1e9
+            rec["images_per_s"] = case.batch / stats["time_median"]
+    rec["peak_bytes"] = peak
+    rec["peak_method"] = peak_method
+    rec["time_graph_median"] = graph_time
+    if graph_note:
+        rec["graph_note"] = graph_note
+    rec["machine"] = harness.machine_record(case.device, bench.threads if bench else None)
+    return harness._jsonable(rec)
+
+
+def measure_model(case: ModelCase, *, threads: int | None = None, min_time: float = 0.3) -> dict:
+    """Set up, gate, time and measure one model case with the harness's timers; never raises
+    for a case that cannot run (returns its skipped/failed record)."""
+    from . import harness
+
+    try:
+        bench = setup_model_case(case, threads)
+    except harness.Unavailable as e:
+        return model_record(case, status="skipped", reason=str(e))
+    except harness.GateFailed as e:
+        return model_record(case, status="failed", reason=str(e))
+    except Exception as e:  # noqa: BLE001 - one implementation's crash must not end a sweep
+        harness._reset_after_error(case.device)
+        return model_record(case, status="failed", reason=f"{type(e).__name__}: {e}".splitlines()[0][:500])
+    try:
+        stats = harness.measure_time(bench, min_time=min_time)
+        stats["time_repeat_median"] = harness.measure_time(bench, min_time=min_time / 3)["time_median"]
+        graph_time, note = harness.measure_graph_time(bench) if case.direction == "forward" else (None, None)
+        peak, method = harness.peak_bytes(bench)
+    except Exception as e:  # noqa: BLE001
+        harness._reset_after_error(case.device)
+        return model_record(case, status="failed", reason=f"{type(e).__name__}: {e}".splitlines()[0][:500],
+                            bench=bench)
+    return model_record(case, status="ok", stats=stats, bench=bench, peak=peak, peak_method=method,
+                        graph_time=graph_time, graph_note=note)
+
+
+# --------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------
 def _print_params(config: str, impl: str) -> None:
@@ -500,6 +771,8 @@ def main(argv=None) -> int:
             p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
             p.add_argument("--limit", type=int, default=None, help="use only the first N train and test images")
             p.add_argument("--no-augment", action="store_true")
+        else:
+            p.add_argument("--limit", type=int, default=None, help="use only N images of the permutation (smoke runs)")
         p.add_argument("--json", help="write the results here (reports read reports/results/*.models.json)")
         p.add_argument("--filters", help="write the first layer's reconstructed filters as a PNG")
         p.add_argument("--impl", default="torch", help="implementation of the flattened network (impls.names())")
@@ -519,7 +792,7 @@ def main(argv=None) -> int:
     common = dict(impl=args.impl, epochs=args.epochs, seed=args.seed, threads=args.threads,
                   batch_size=args.batch_size, lr=args.lr, json_path=args.json, filters_path=args.filters, log=log)
     if args.command == "digits":
-        doc = digits_experiment(**common)
+        doc = digits_experiment(limit=args.limit, **common)
     else:
         doc = cifar10_experiment(args.data, device=args.device, limit=args.limit, augment=not args.no_augment,
                                  **common)
