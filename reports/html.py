@@ -108,15 +108,15 @@ def table(df: pd.DataFrame, formats: dict | None = None, classes: dict | None = 
                 attrs = f' rowspan="{n}"' if n > 1 else ""
             value = row[column]
             text = esc(formats[column](value) if column in formats else value)
-            cls = []
+            cell_cls = []
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                cls.append("num")
+                cell_cls.append("num")
             if column in classes:
                 extra = classes[column](value)
                 if extra:
-                    cls.append(extra)
-            if cls:
-                attrs += f' class="{" ".join(cls)}"'
+                    cell_cls.append(extra)
+            if cell_cls:
+                attrs += f' class="{" ".join(cell_cls)}"'
             cells.append(f"<td{attrs}>{text}</td>")
         starts_group = span and i > 0 and keys[i - 1] != keys[i]
         row_attr = ' class="group"' if starts_group else ""

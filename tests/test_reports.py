@@ -88,6 +88,7 @@ def test_full_report(full):
         assert any(name in src for src in page.images), name
     assert sum("history_" in src for src in page.images) == 2
     summary = _section(text, "summary")
+    assert '<table class="summary">' in summary and "rowspan=" in summary
     for word in ("fastest", "speedup vs dense", "roofline: flattened", "peak MiB: dense", "gpu-node-1", "laptop"):
         assert word in summary
     failures = _section(text, "failures")
@@ -216,3 +217,15 @@ def test_browser_renders_page(full, tmp_path):
     dark = sum(image.histogram()[:128]) / (image.size[0] * image.size[1])
     assert dark > 0.01, f"too little ink on the page ({dark:.3%})"
     assert re.search(r"\d", full[1])
+
+
+def test_asv_results_without_benchmarks_json(tmp_path):
+    pytest.importorskip("asv")
+    results = tmp_path / "results"
+    shutil.copytree(FIXTURES / "asv", results)
+    (results / "benchmarks.json").unlink()
+    inputs = load([results])
+    asv = inputs.asv
+    assert set(asv["type"]) == {"time", "track"}
+    assert asv["commit"].nunique() == 3 and asv["value"].notna().sum() == 32
+    assert len(inputs.asv_machines) == 1
