@@ -85,8 +85,8 @@ def _figure_or_sentence(result, error, sentence) -> str:
 
 def summary_section(summ: pd.DataFrame) -> str:
     if summ.empty:
-        return html.empty("No case has a successful timing, so there is nothing to summarise yet. "
-                          "See the failed and skipped cases below.")
+        return html.empty("No benchmark case has a successful timing in these inputs, so there is nothing "
+                          "to summarise yet (failed and skipped cases, if any, are listed below).")
     body = "".join(html.paragraph(line, "headline") for line in tables.headlines(summ))
     body += html.paragraph(SUMMARY_HELP, "meta")
     multi_dtype = summ["dtype"].nunique() > 1
@@ -171,13 +171,20 @@ def device_section(device: str, all_rows: pd.DataFrame, ok: pd.DataFrame, out: P
 def models_section(models: list[dict], out: Path, ctx: figures.Context, problems: list[str]) -> str:
     body = ""
     for i, model in enumerate(models):
-        name = Path(model.get("source", f"models{i}")).name.removesuffix(".models.json")
+        name = Path(model.get("_path", f"models{i}")).name.removesuffix(".models.json")
         body += f"<h3>{html.esc(name)}</h3>"
+        described = [f"{label} {model[key]}" for key, label in (
+            ("dataset", "dataset"), ("epochs", "epochs"), ("device", "device"), ("impl", "flattened layers via"),
+            ("optimizer", "optimizer"), ("torch", "torch"), ("commit", "commit"), ("date", "date"))
+            if isinstance(model.get(key), (str, int, float))]
+        if described:
+            body += html.paragraph("; ".join(described) + f". From {model.get('_path', name)}.", "meta")
         rows = []
         for variant in ("baseline", "flattened"):
             v = model.get(variant) or {}
             rows.append({"network": variant, "parameters": v.get("params"), "conv parameters": v.get("conv_params"),
-                         "test accuracy": v.get("test_accuracy"), "epochs": len(v.get("history") or [])})
+                         "test accuracy": v.get("test_accuracy"), "epochs": len(v.get("history") or []),
+                         "train seconds": v.get("train_seconds")})
         t = pd.DataFrame(rows)
         base, flat = t.iloc[0], t.iloc[1]
         try:
@@ -188,7 +195,8 @@ def models_section(models: list[dict], out: Path, ctx: figures.Context, problems
         except (TypeError, ValueError, ZeroDivisionError):
             pass
         body += html.table(t, formats={"parameters": html.fmt_num, "conv parameters": html.fmt_num,
-                                       "test accuracy": lambda v: "" if pd.isna(v) else f"{float(v):.2%}"})
+                                       "test accuracy": lambda v: "" if pd.isna(v) else f"{float(v):.2%}",
+                                       "train seconds": html.fmt_num})
         result, error = _safe(figures.model_curves, model, ctx, name, problems=problems)
         body += _figure_or_sentence(result, error, "No per-epoch history in this file.")
         if model.get("filters"):

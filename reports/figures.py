@@ -474,10 +474,11 @@ def model_curves(model: dict, ctx: Context, name: str) -> Figure | None:
         sns.lineplot(data=data, x="epoch", y=metric, hue="variant", marker="o", ax=ax,
                      palette={"baseline": (0.2, 0.2, 0.2), "flattened": sns.color_palette("tab10")[0]})
         ax.set_ylabel(metric.replace("_", " "))
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     fig.tight_layout()
     rel = ctx.save(fig, f"models_{name}")
     return Figure(rel, f"Convergence: {name}",
                   f"Training loss and test accuracy per epoch of the baseline network (dense k×k "
-                  f"convolutions) and the same network with flattened layers, from {model.get('source', name)}. "
+                  f"convolutions) and the same network with flattened layers, from {model.get('_path', name)}. "
                   f"Curves that end close together mean flattening kept the accuracy; a slower rise means "
                   f"it trains more slowly.")

@@ -67,7 +67,7 @@ def fmt_pct(value) -> str:
 def fmt_num(value, digits=3) -> str:
     if value is None or pd.isna(value):
         return ""
-    return f"{value:,.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    return f"{value:,.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
 
 
 def paragraph(text: str, cls: str | None = None) -> str:

@@ -202,7 +202,7 @@ def load_models(path: Path, problems: list[str]) -> dict | None:
         _warn(problems, f"{path}: models file is not a JSON object")
         return None
     data = dict(data)
-    data["source"] = str(path)
+    data["_path"] = str(path)  # the file it came from ("source" may be the producer's own key)
     filters = data.get("filters")
     if isinstance(filters, str):
         candidate = Path(filters)
