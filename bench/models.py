@@ -334,10 +334,15 @@ def _metadata(**extra) -> dict:
     try:
         import subprocess
 
+        here = Path(__file__).resolve().parent
         meta["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                        cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip() or None
+                                        cwd=here, timeout=10).stdout.strip() or None
+        # Uncommitted changes to the code that trained the networks (bench/, impls/).
+        status = subprocess.run(["git", "status", "--porcelain", "--", "bench", "impls"], capture_output=True,
+                                text=True, cwd=here.parent, timeout=10)
+        meta["dirty"] = bool(status.stdout.strip()) if status.returncode == 0 else None
     except Exception:  # noqa: BLE001 - metadata only
-        meta["commit"] = None
+        meta["commit"] = meta["dirty"] = None
     meta.update(extra)
     return meta
 

@@ -228,3 +228,29 @@ def test_composed_first_layer_matches_the_two_stages():
             y = torch.nn.functional.conv2d(y, p.dense_weight(), padding=k // 2)
         direct = torch.nn.functional.conv2d(x, w, padding=k - 1)
     torch.testing.assert_close(direct, y, rtol=1e-4, atol=1e-5)
+
+
+# ---- the "model" table of the benchmark suites ---------------------------------------
+def test_model_cases_follow_the_layer_presets():
+    cases = models.select_model_cases(["smoke"], impl_names=["dense", "torch", "cudnn"], devices=["cpu"],
+                                      directions=["forward", "backward", "train", "stages"])
+    assert [c.id for c in cases] == [
+        "dense/cpu/model:digits/float32/forward", "dense/cpu/model:digits/float32/train",
+        "torch/cpu/model:digits/float32/forward", "torch/cpu/model:digits/float32/train"]
+    assert cases[0].network == "baseline" and cases[2].network == "flattened"
+    assert {c.config for c in models.select_model_cases(["paper", "sweep"])} == {"cifar"}
+    with pytest.raises(ValueError, match="unknown"):
+        models.select_model_cases(["smoke"], impl_names=["nope"])
+
+
+@pytest.mark.parametrize("impl", ["dense", "torch"])
+def test_measure_model_records_a_gated_timed_case(impl):
+    rec = models.measure_model(models.ModelCase(impl, "cpu", "digits", direction="train"), threads=1,
+                               min_time=0.01)
+    assert rec["status"] == "ok", rec["reason"]
+    assert rec["table"] == "model" and rec["shape"] == "digits" and rec["time_median"] > 0
+    assert rec["max_rel_error"] < 1e-3 and rec["flops"] > 0 and rec["images_per_s"] > 0
+    assert rec["params"] == (52426 if impl == "dense" else 7978)
+    if not torch.cuda.is_available():
+        skipped = models.measure_model(models.ModelCase(impl, "cuda", "digits"))
+        assert skipped["status"] == "skipped" and "CUDA" in skipped["reason"]
