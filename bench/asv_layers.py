@@ -54,7 +54,7 @@ class _Layer:
     track_peak_bytes.unit = "bytes"
 
     def track_gflops(self, impl, device, layer):
-        stats = harness.time_call(self.bench, min_time=0.2)
+        stats = harness.measure_time(self.bench, min_time=0.2)
         return self.bench.case.shape.flops(self.direction, "dense" if impl == "dense" else "flat") / stats["time_median"] / 1e9
 
     track_gflops.unit = "GFLOP/s"

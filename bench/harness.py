@@ -270,7 +270,7 @@ def summarize(times: list[float]) -> dict:
     }
 
 
-def time_call(bench: Bench, *, min_time: float = 0.3, min_rounds: int = 5, max_rounds: int = 1000) -> dict:
+def measure_time(bench: Bench, *, min_time: float = 0.3, min_rounds: int = 5, max_rounds: int = 1000) -> dict:
     """Per-call seconds over rounds: perf_counter on the CPU, CUDA events on a GPU
     (one event pair per call, so the launch overhead of this call is included)."""
     times: list[float] = []
@@ -296,7 +296,7 @@ def time_call(bench: Bench, *, min_time: float = 0.3, min_rounds: int = 5, max_r
     return summarize(times)
 
 
-def time_graph(bench: Bench, *, replays: int = 20, repeats: int = 7) -> tuple[float | None, str | None]:
+def measure_graph_time(bench: Bench, *, replays: int = 20, repeats: int = 7) -> tuple[float | None, str | None]:
     """Kernel-only seconds per call on a GPU: capture `replays` calls in one CUDA graph and
     time its replay with events, which removes the Python launch overhead. Returns
     (median seconds per call, None) or (None, why it could not be captured)."""
@@ -546,10 +546,10 @@ def measure(case: Case, *, threads: int | None = None, min_time: float = 0.3, gr
         _reset_after_error(case.device)
         return record(case, status="failed", reason=f"{type(e).__name__}: {e}".splitlines()[0][:500])
     try:
-        stats = time_call(bench, min_time=min_time)
-        repeat = time_call(bench, min_time=min_time / 3)
+        stats = measure_time(bench, min_time=min_time)
+        repeat = measure_time(bench, min_time=min_time / 3)
         stats["time_repeat_median"] = repeat["time_median"]
-        graph_time, note = time_graph(bench) if graph else (None, None)
+        graph_time, note = measure_graph_time(bench) if graph else (None, None)
         peak, method = peak_bytes(bench)
     except Exception as e:  # noqa: BLE001 - out of memory, a kernel fault: record and go on
         _reset_after_error(case.device)

@@ -36,7 +36,7 @@ def test_layer(benchmark, case, results_writer, threads):
     benchmark(bench.call)
     stats = _stats(benchmark)
     peak, method = harness.peak_bytes(bench) if not benchmark.disabled else (None, None)
-    graph, note = harness.time_graph(bench) if not benchmark.disabled else (None, None)
+    graph, note = harness.measure_graph_time(bench) if not benchmark.disabled else (None, None)
     rec = harness.record(case, status="ok", stats=stats, bench=bench, peak=peak, peak_method=method,
                          graph_time=graph, graph_note=note)
     benchmark.extra_info.update(rec)

@@ -21,8 +21,7 @@ class _FlattenedFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
-        g = ctx.impl.backward(ctx.saved, grad_y)
-        del ctx.saved  # free the intermediates as soon as they are used
+        g = ctx.impl.backward(ctx.saved, grad_y)  # saved stays: backward may run again (retain_graph)
         return (None, None, g.input, g.lateral, g.lateral_bias, g.vertical, g.vertical_bias, g.horizontal, g.horizontal_bias)
 
 
