@@ -36,14 +36,18 @@ enum { ISA_BASE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
 #define MR 4
 #define NV 2
 #define REAL float
+#define IREAL int32_t
 #define SFX f32_base
 #include "kernels.h"
 #undef REAL
+#undef IREAL
 #undef SFX
 #define REAL double
+#define IREAL int64_t
 #define SFX f64_base
 #include "kernels.h"
 #undef REAL
+#undef IREAL
 #undef SFX
 #undef MR
 #undef NV
@@ -57,14 +61,18 @@ enum { ISA_BASE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
 #define MR 6
 #define NV 2
 #define REAL float
+#define IREAL int32_t
 #define SFX f32_avx2
 #include "kernels.h"
 #undef REAL
+#undef IREAL
 #undef SFX
 #define REAL double
+#define IREAL int64_t
 #define SFX f64_avx2
 #include "kernels.h"
 #undef REAL
+#undef IREAL
 #undef SFX
 #undef MR
 #undef NV
@@ -78,14 +86,18 @@ enum { ISA_BASE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
 #define MR 8
 #define NV 2
 #define REAL float
+#define IREAL int32_t
 #define SFX f32_avx512
 #include "kernels.h"
 #undef REAL
+#undef IREAL
 #undef SFX
 #define REAL double
+#define IREAL int64_t
 #define SFX f64_avx512
 #include "kernels.h"
 #undef REAL
+#undef IREAL
 #undef SFX
 #undef MR
 #undef NV

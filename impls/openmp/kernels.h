@@ -20,12 +20,14 @@
  * micro-panel of it in L1, MR x KC of packed A streams through. */
 #define KC 256
 #define NC 512
-/* Fused forward: output channels per task (a multiple of MR) and pixels per row tile. */
-#define FUSED_NB 64
+/* Fused forward: pixels per row tile, and elements of the per-thread t1 tile buffer. */
 #define FUSED_PIX 512
+#define FUSED_BUF (96 * 1024)
 
 typedef REAL FN(vec_t) __attribute__((vector_size(VBYTES)));
+typedef IREAL FN(ivec_t) __attribute__((vector_size(VBYTES)));
 #define VEC FN(vec_t)
+#define IVEC FN(ivec_t)
 
 static inline VEC FN(vload)(const REAL *p)
 {
@@ -255,6 +257,114 @@ static inline void FN(hrow)(REAL *restrict y, const REAL *restrict in, ptrdiff_t
             if (i >= 0 && i < W) s += Hw[q] * in[i];
         }
         y[j] = s;
+    }
+}
+
+/* H for "same" padding (OW == W) over n = rows * W contiguous values of whole rows, as
+ * one flat vector loop: the taps of the first and last vector of each row that would
+ * reach into the neighbouring row are masked to zero (bitwise, so nothing leaks). Needs
+ * in[-p, 0) and in[n, n + k) readable and masks from hsame_masks. */
+typedef struct {
+    int ok;
+    IVEC m[3][8]; /* [first vector of a row, last, both (W <= LANES)][tap] */
+} FN(hmask_t);
+
+static void FN(hsame_masks)(FN(hmask_t) *hm, ptrdiff_t W, ptrdiff_t k, ptrdiff_t p)
+{
+    hm->ok = (W % LANES == 0 || LANES % W == 0) && p <= LANES && k - 1 - p <= LANES && k <= 7 && (k & 1);
+    if (!hm->ok) return;
+    for (ptrdiff_t s = 0; s < k; ++s)
+        for (int kind = 0; kind < 3; ++kind) {
+            IREAL m[LANES];
+            for (int l = 0; l < LANES; ++l) {
+                ptrdiff_t col = kind == 0 ? l : kind == 1 ? W - LANES + l : l % W;
+                ptrdiff_t i = col + s - p;
+                m[l] = (i >= 0 && i < W) ? (IREAL)-1 : 0;
+            }
+            memcpy(&hm->m[kind][s], m, sizeof m);
+        }
+}
+
+static inline __attribute__((always_inline)) void FN(hsame_k)(REAL *restrict y, const REAL *restrict in,
+                                                              ptrdiff_t n, ptrdiff_t W, const REAL *restrict Hw,
+                                                              int k, ptrdiff_t p, REAL hb,
+                                                              const FN(hmask_t) *restrict hm)
+{
+    VEC h[8];
+    for (int s = 0; s < k; ++s) h[s] = (VEC){0} + Hw[s];
+    ptrdiff_t phases = W >= LANES ? W / LANES : 1;
+    ptrdiff_t nfull = n / LANES * LANES, ph = 0;
+    for (ptrdiff_t q = 0; q < nfull; q += LANES) {
+        VEC acc = (VEC){0} + hb;
+        int kind = phases == 1 ? 2 : ph == 0 ? 0 : ph == phases - 1 ? 1 : 3;
+        if (kind == 3) {
+            for (int s = 0; s < k; ++s) acc += h[s] * FN(vload)(in + q + s - p);
+        } else {
+            for (int s = 0; s < k; ++s) acc += h[s] * (VEC)((IVEC)FN(vload)(in + q + s - p) & hm->m[kind][s]);
+        }
+        FN(vstore)(y + q, acc);
+        if (++ph == phases) ph = 0;
+    }
+    for (ptrdiff_t q = nfull, col = nfull % W; q < n; ++q, col = col + 1 == W ? 0 : col + 1) {
+        REAL acc = hb;
+        for (int s = 0; s < k; ++s)
+            if (col + s - p >= 0 && col + s - p < W) acc += Hw[s] * in[q + s - p];
+        y[q] = acc;
+    }
+}
+
+static int FN(hsame)(REAL *restrict y, const REAL *restrict in, ptrdiff_t n, ptrdiff_t W, const REAL *restrict Hw,
+                     ptrdiff_t k, ptrdiff_t p, REAL hb, const FN(hmask_t) *hm)
+{
+    if (!hm || !hm->ok) return 0;
+    switch (k) {
+    case 1: FN(hsame_k)(y, in, n, W, Hw, 1, p, hb, hm); return 1;
+    case 3: FN(hsame_k)(y, in, n, W, Hw, 3, p, hb, hm); return 1;
+    case 5: FN(hsame_k)(y, in, n, W, Hw, 5, p, hb, hm); return 1;
+    case 7: FN(hsame_k)(y, in, n, W, Hw, 7, p, hb, hm); return 1;
+    default: return 0;
+    }
+}
+
+/* Output rows [oa, ob) of one channel, V then H, from t1 rows (image row i at
+ * rows + (i - row0) * W) into y (output row o at y + o * OW). V runs as one flat vector
+ * loop over all rows whose taps are all inside the image; H, when the output is as wide
+ * as the input (2p = k - 1, "same"), runs as one flat loop too (hsame, masked at the row
+ * borders; or unmasked with the border columns recomputed). `scratch` holds
+ * (ob - oa) * W + 2 * round_up(k, 16) + 32 elements. */
+static void FN(vh_rows)(REAL *restrict y, const REAL *rows, ptrdiff_t row0, ptrdiff_t oa, ptrdiff_t ob, ptrdiff_t H,
+                        ptrdiff_t W, ptrdiff_t k, ptrdiff_t p, const REAL *V, REAL vb, const REAL *Hw, REAL hb,
+                        REAL *scratch, const FN(hmask_t) *hm)
+{
+    ptrdiff_t OW = W + 2 * p - k + 1, margin = (k + 15) / 16 * 16, n = (ob - oa) * W;
+    REAL *t2 = scratch + margin;
+    ptrdiff_t ia = oa > p ? oa : p, ib = ob < H - k + p + 1 ? ob : H - k + p + 1;
+    if (ib < ia) ib = ia = ob;
+    for (ptrdiff_t o = oa; o < ia; ++o) FN(vrow)(t2 + (o - oa) * W, rows, row0, H, W, o, V, k, p, vb);
+    if (ib > ia) FN(taps)(t2 + (ia - oa) * W, rows + (ia - p - row0) * W, W, (ib - ia) * W, V, k, vb);
+    for (ptrdiff_t o = ib; o < ob; ++o) FN(vrow)(t2 + (o - oa) * W, rows, row0, H, W, o, V, k, p, vb);
+    if (OW != W) {
+        for (ptrdiff_t o = oa; o < ob; ++o) FN(hrow)(y + o * OW, t2 + (o - oa) * W, W, OW, Hw, k, p, hb);
+        return;
+    }
+    for (ptrdiff_t i = 1; i <= p; ++i) t2[-i] = 0;
+    for (ptrdiff_t i = 0; i < margin; ++i) t2[n + i] = 0;
+    if (FN(hsame)(y + oa * OW, t2, n, W, Hw, k, p, hb, hm)) return;
+    FN(taps)(y + oa * OW, t2 - p, 1, n, Hw, k, hb);
+    ptrdiff_t right = OW - (k - 1 - p); /* columns [p, right) had all their taps in the row */
+    for (ptrdiff_t o = oa; o < ob; ++o) {
+        const REAL *in = t2 + (o - oa) * W;
+        REAL *yr = y + o * OW;
+        for (ptrdiff_t j = 0; j < OW; ++j) {
+            if (j == p && right > p) j = right;
+            if (j >= OW) break;
+            REAL s = hb;
+            for (ptrdiff_t q = 0; q < k; ++q) {
+                ptrdiff_t i = j + q - p;
+                if (i >= 0 && i < W) s += Hw[q] * in[i];
+            }
+            yr[j] = s;
+        }
     }
 }
 
@@ -493,22 +603,24 @@ static int FN(vh)(const REAL *t1, const REAL *V, const REAL *vb, const REAL *Hw,
                   ptrdiff_t B, ptrdiff_t N, ptrdiff_t H, ptrdiff_t W, ptrdiff_t k, ptrdiff_t p)
 {
     ptrdiff_t OH = H + 2 * p - k + 1, OW = W + 2 * p - k + 1, stride;
+    ptrdiff_t TH = FUSED_PIX / W > 1 ? FUSED_PIX / W : 1;
+    if (TH > OH) TH = OH;
     int nt = omp_get_max_threads();
-    REAL *ws = FN(alloc_ws)(W + 2 * p + 16, nt, &stride);
+    REAL *ws = FN(alloc_ws)(TH * W + 2 * FN(round_up)(k, 16) + 32, nt, &stride);
     if (!ws) return 1;
 #pragma omp parallel num_threads(nt)
     {
-        REAL *row = ws + omp_get_thread_num() * stride;
-        for (ptrdiff_t i = 0; i < W + 2 * p; ++i) row[i] = 0;
+        REAL *scratch = ws + omp_get_thread_num() * stride;
+        FN(hmask_t) hm;
+        FN(hsame_masks)(&hm, W, k, p);
 #pragma omp for collapse(2) schedule(static)
         for (ptrdiff_t b = 0; b < B; ++b)
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const REAL *src = t1 + (b * N + n) * H * W;
                 REAL *dst = y + (b * N + n) * OH * OW;
-                for (ptrdiff_t o = 0; o < OH; ++o) {
-                    FN(vrow)(row + p, src, 0, H, W, o, V + n * k, k, p, vb[n]);
-                    FN(taps)(dst + o * OW, row, 1, OW, Hw + n * k, k, hb[n]);
-                }
+                for (ptrdiff_t o0 = 0; o0 < OH; o0 += TH)
+                    FN(vh_rows)(dst, src, 0, o0, o0 + TH < OH ? o0 + TH : OH, H, W, k, p, V + n * k, vb[n],
+                                Hw + n * k, hb[n], scratch, &hm);
             }
     }
     free(ws);
@@ -525,29 +637,44 @@ static int FN(fused_forward)(const REAL *x, const REAL *L, const REAL *lb, const
 {
     ptrdiff_t OH = H + 2 * p - k + 1, OW = W + 2 * p - k + 1, P = H * W, stride;
     int nt = omp_get_max_threads();
-    ptrdiff_t NB = FN(round_up)(N, MR) < FN(round_up)(FUSED_NB, MR) ? FN(round_up)(N, MR) : FN(round_up)(FUSED_NB, MR);
-    if (B * ((N + NB - 1) / NB) < 2 * nt) { /* too few tasks: split the channels finer */
+    ptrdiff_t TH = FUSED_PIX / W > 1 ? FUSED_PIX / W : 1;
+    if (TH > OH) TH = OH;
+    ptrdiff_t cs = FN(round_up)((TH + k - 1) * W, 16); /* buffer stride between channels */
+    /* Channels per task: all of them if the tile buffer stays within FUSED_BUF elements,
+     * fewer when there would be too few tasks for the threads. */
+    ptrdiff_t NB = FN(round_up)(N, MR), cap = FUSED_BUF / cs / MR * MR;
+    if (!t1_out && NB > cap) NB = cap > MR ? cap : MR;
+    if (B * ((N + NB - 1) / NB) < 2 * nt) {
         ptrdiff_t want = (2 * nt + B - 1) / B;
         ptrdiff_t nb = FN(round_up)((N + want - 1) / want, MR);
         if (nb < NB) NB = nb;
     }
     ptrdiff_t nblk = (N + NB - 1) / NB;
-    ptrdiff_t TH = FUSED_PIX / W > 1 ? FUSED_PIX / W : 1;
-    if (TH > OH) TH = OH;
-    ptrdiff_t cs = FN(round_up)((TH + k - 1) * W, 16); /* buffer stride between channels */
-    ptrdiff_t la = FN(round_up)(NB * C, 16), lbuf = t1_out ? 0 : NB * cs, lrow = FN(round_up)(W + 2 * p, 16);
-    REAL *ws = FN(alloc_ws)(la + (ptrdiff_t)KC * NC + lbuf + lrow, nt, &stride);
-    if (!ws) return 1;
+    ptrdiff_t lbuf = t1_out ? 0 : NB * cs;
+    ptrdiff_t lrow = FN(round_up)(TH * W + 2 * FN(round_up)(k, 16) + 32, 16);
+    ptrdiff_t la = FN(round_up)(N, MR) * C;
+    void *apv = NULL;
+    if (posix_memalign(&apv, 64, (size_t)la * sizeof(REAL)) != 0) return 1;
+    REAL *ap_all = (REAL *)apv;
+    REAL *ws = FN(alloc_ws)((ptrdiff_t)KC * NC + lbuf + lrow, nt, &stride);
+    if (!ws) {
+        free(apv);
+        return 1;
+    }
 #pragma omp parallel num_threads(nt)
     {
-        REAL *ap = ws + omp_get_thread_num() * stride, *bp = ap + la, *buf = bp + (ptrdiff_t)KC * NC,
-             *row = buf + lbuf;
-        for (ptrdiff_t i = 0; i < lrow; ++i) row[i] = 0;
+        REAL *bp = ws + omp_get_thread_num() * stride, *buf = bp + (ptrdiff_t)KC * NC, *row = buf + lbuf;
+        FN(hmask_t) hm;
+        FN(hsame_masks)(&hm, W, k, p);
+        /* L packed once per call, shared by every task */
+#pragma omp for schedule(static)
+        for (ptrdiff_t i0 = 0; i0 < N; i0 += MR)
+            FN(pack_a)(N - i0 < MR ? N - i0 : MR, C, L + i0 * C, C, 1, ap_all + i0 * C);
 #pragma omp for schedule(static)
         for (ptrdiff_t task = 0; task < B * nblk; ++task) {
             ptrdiff_t b = task / nblk, n0 = (task % nblk) * NB;
             ptrdiff_t nbv = N - n0 < NB ? N - n0 : NB;
-            FN(pack_a)(nbv, C, L + n0 * C, C, 1, ap);
+            const REAL *ap = ap_all + n0 * C;
             const REAL *xb = x + b * C * P;
             REAL *dst = t1_out ? t1_out + (b * N + n0) * P : buf;
             ptrdiff_t dcs = t1_out ? P : cs;
@@ -571,17 +698,14 @@ static int FN(fused_forward)(const REAL *x, const REAL *L, const REAL *lb, const
                 if (hi > have) have = hi;
                 for (ptrdiff_t n = 0; n < nbv; ++n) {
                     ptrdiff_t c = n0 + n;
-                    const REAL *src = dst + n * dcs;
-                    REAL *yrow = y + ((b * N + c) * OH + o0) * OW;
-                    for (ptrdiff_t o = o0; o < o0 + nro; ++o, yrow += OW) {
-                        FN(vrow)(row + p, src, row0, H, W, o, V + c * k, k, p, vb[c]);
-                        FN(taps)(yrow, row, 1, OW, Hw + c * k, k, hb[c]);
-                    }
+                    FN(vh_rows)(y + (b * N + c) * OH * OW, dst + n * dcs, row0, o0, o0 + nro, H, W, k, p, V + c * k,
+                                vb[c], Hw + c * k, hb[c], row, &hm);
                 }
             }
         }
     }
     free(ws);
+    free(apv);
     return 0;
 }
 
@@ -652,6 +776,7 @@ static void FN(block_sizes)(int *out)
 #undef NR
 #undef KC
 #undef NC
-#undef FUSED_NB
+#undef FUSED_BUF
 #undef FUSED_PIX
 #undef VEC
+#undef IVEC
