@@ -329,6 +329,40 @@ def measure_graph_time(bench: Bench, *, replays: int = 20, repeats: int = 7) -> 
         return None, f"CUDA graph capture failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
+# --------------------------------------------------------------------------- kernels
+_BOOKKEEPING_OPS = {"aten::empty", "aten::empty_like", "aten::new_empty", "aten::empty_strided", "aten::view",
+                    "aten::as_strided", "aten::resize_", "aten::unsqueeze", "aten::squeeze", "aten::t",
+                    "aten::transpose", "aten::permute", "aten::expand", "aten::reshape", "aten::view_as",
+                    "aten::_unsafe_view", "aten::detach", "aten::alias", "aten::contiguous", "aten::slice",
+                    "aten::select", "aten::zeros", "aten::fill_", "aten::zero_", "aten::as_strided_",
+                    "aten::_reshape_alias", "aten::resolve_conj", "aten::resolve_neg"}
+
+
+def kernels_ran(bench: Bench, limit: int = 20) -> list[str] | None:
+    """Names of what one call actually ran, by the PyTorch profiler: CUDA kernels on a
+    GPU (CuPy's included), on the CPU the ATen operators by their own time (e.g.
+    aten::mkldnn_convolution; C extensions are invisible to the profiler there). Sorted
+    by time, at most `limit`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if bench.case.device == "cuda" else [])
+    try:
+        with profile(activities=activities) as prof:
+            bench.call()
+    except Exception:  # noqa: BLE001 - the profiler is optional evidence, never a failure
+        return None
+    totals: dict[str, float] = {}
+    for evt in prof.events():
+        if bench.case.device == "cuda":
+            if evt.device_type.name != "CUDA":
+                continue
+        elif not evt.name.startswith("aten::") or evt.name in _BOOKKEEPING_OPS:
+            continue
+        own = evt.device_time_total if bench.case.device == "cuda" else evt.self_cpu_time_total
+        totals[evt.name] = totals.get(evt.name, 0.0) + own
+    return sorted(totals, key=totals.get, reverse=True)[:limit]
+
+
 # --------------------------------------------------------------------------- memory
 _LIBC = None
 
@@ -424,7 +458,8 @@ def machine_record(device: str, threads: int | None = None) -> dict:
 
 def record(case: Case, *, status: str, reason: str | None = None, stats: dict | None = None,
            bench: Bench | None = None, peak: int | None = None, peak_method: str | None = None,
-           graph_time: float | None = None, graph_note: str | None = None, extra: dict | None = None) -> dict:
+           graph_time: float | None = None, graph_note: str | None = None, kernels: list[str] | None = None,
+           extra: dict | None = None) -> dict:
     """One result in the documented schema (bench/README.md)."""
     shape = case.shape
     dtype = DTYPES[case.dtype]
@@ -477,6 +512,7 @@ def record(case: Case, *, status: str, reason: str | None = None, stats: dict | 
     rec["peak_bytes"] = peak
     rec["peak_method"] = peak_method
     rec["time_graph_median"] = graph_time
+    rec["kernels"] = kernels
     if graph_note:
         rec["graph_note"] = graph_note
     rec["machine"] = machine_record(case.device, bench.threads if bench else None)
@@ -551,11 +587,12 @@ def measure(case: Case, *, threads: int | None = None, min_time: float = 0.3, gr
         stats["time_repeat_median"] = repeat["time_median"]
         graph_time, note = measure_graph_time(bench) if graph else (None, None)
         peak, method = peak_bytes(bench)
+        kernels = kernels_ran(bench)
     except Exception as e:  # noqa: BLE001 - out of memory, a kernel fault: record and go on
         _reset_after_error(case.device)
         return record(case, status="failed", reason=f"{type(e).__name__}: {e}".splitlines()[0][:500], bench=bench)
     return record(case, status="ok", stats=stats, bench=bench, peak=peak, peak_method=method,
-                  graph_time=graph_time, graph_note=note)
+                  graph_time=graph_time, graph_note=note, kernels=kernels)
 
 
 def _reset_after_error(device: str) -> None:

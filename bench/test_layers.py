@@ -37,8 +37,9 @@ def test_layer(benchmark, case, results_writer, threads):
     stats = _stats(benchmark)
     peak, method = harness.peak_bytes(bench) if not benchmark.disabled else (None, None)
     graph, note = harness.measure_graph_time(bench) if not benchmark.disabled else (None, None)
+    kernels = harness.kernels_ran(bench) if not benchmark.disabled else None
     rec = harness.record(case, status="ok", stats=stats, bench=bench, peak=peak, peak_method=method,
-                         graph_time=graph, graph_note=note)
+                         graph_time=graph, graph_note=note, kernels=kernels)
     benchmark.extra_info.update(rec)
     if not benchmark.disabled:
         results_writer.write(rec)

@@ -25,6 +25,12 @@ class _FlattenedFunction(torch.autograd.Function):
         return (None, None, g.input, g.lateral, g.lateral_bias, g.vertical, g.vertical_bias, g.horizontal, g.horizontal_bias)
 
 
+def _draw_seed() -> int:
+    """A seed from torch's global generator: reproducible under torch.manual_seed, and
+    unlike torch.seed() it does not reseed the global generator."""
+    return int(torch.randint(0, 2**62, (1,)).item())
+
+
 class FlattenedConv2d(nn.Module):
     """One flattened layer (lateral 1x1 C->N, vertical k x 1, horizontal 1 x k, each with
     a bias, no nonlinearity between them) computed by the implementation `impl`."""
@@ -40,7 +46,7 @@ class FlattenedConv2d(nn.Module):
             raise ValueError(f"padding: expected 0 <= padding <= {k - 1} (kernel_size - 1), got {padding}")
         self.in_channels, self.out_channels, self.kernel_size, self.padding = in_channels, out_channels, k, padding
         init = FlatParams.random(in_channels, out_channels, kernel_size, dtype=dtype or torch.get_default_dtype(),
-                                 seed=torch.seed() if seed is None else seed)
+                                 seed=_draw_seed() if seed is None else seed)
         for name, value in init.tensors().items():
             self.register_parameter(name, nn.Parameter(value.to(device)))
 
