@@ -326,6 +326,56 @@ static int FN(hsame)(REAL *restrict y, const REAL *restrict in, ptrdiff_t n, ptr
     }
 }
 
+/* For "same" padding, over n = rows * W values of whole rows: acc[s] += sum gy[q] *
+ * t2[q + s - p] (taps within the row) and acc[k] += sum gy[q]. t2 needs readable margins
+ * as for hsame; masks from hsame_masks. */
+static inline __attribute__((always_inline)) void FN(hgrad_same_k)(double *acc, const REAL *restrict gy,
+                                                                   const REAL *restrict t2, ptrdiff_t n, ptrdiff_t W,
+                                                                   int k, ptrdiff_t p,
+                                                                   const FN(hmask_t) *restrict hm)
+{
+    VEC a[8], ab = (VEC){0};
+    for (int s = 0; s < k; ++s) a[s] = (VEC){0};
+    ptrdiff_t phases = W >= LANES ? W / LANES : 1;
+    ptrdiff_t nfull = n / LANES * LANES, ph = 0;
+    for (ptrdiff_t q = 0; q < nfull; q += LANES) {
+        VEC g = FN(vload)(gy + q);
+        ab += g;
+        int kind = phases == 1 ? 2 : ph == 0 ? 0 : ph == phases - 1 ? 1 : 3;
+        if (kind == 3) {
+            for (int s = 0; s < k; ++s) a[s] += g * FN(vload)(t2 + q + s - p);
+        } else {
+            for (int s = 0; s < k; ++s) a[s] += g * (VEC)((IVEC)FN(vload)(t2 + q + s - p) & hm->m[kind][s]);
+        }
+        if (++ph == phases) ph = 0;
+    }
+    REAL lanes[LANES];
+    for (int s = 0; s < k; ++s) {
+        memcpy(lanes, &a[s], sizeof lanes);
+        for (int l = 0; l < LANES; ++l) acc[s] += lanes[l];
+    }
+    memcpy(lanes, &ab, sizeof lanes);
+    for (int l = 0; l < LANES; ++l) acc[k] += lanes[l];
+    for (ptrdiff_t q = nfull, col = nfull % W; q < n; ++q, col = col + 1 == W ? 0 : col + 1) {
+        acc[k] += gy[q];
+        for (int s = 0; s < k; ++s)
+            if (col + s - p >= 0 && col + s - p < W) acc[s] += (double)gy[q] * t2[q + s - p];
+    }
+}
+
+static int FN(hgrad_same)(double *acc, const REAL *gy, const REAL *t2, ptrdiff_t n, ptrdiff_t W, ptrdiff_t k,
+                          ptrdiff_t p, const FN(hmask_t) *hm)
+{
+    if (!hm || !hm->ok) return 0;
+    switch (k) {
+    case 1: FN(hgrad_same_k)(acc, gy, t2, n, W, 1, p, hm); return 1;
+    case 3: FN(hgrad_same_k)(acc, gy, t2, n, W, 3, p, hm); return 1;
+    case 5: FN(hgrad_same_k)(acc, gy, t2, n, W, 5, p, hm); return 1;
+    case 7: FN(hgrad_same_k)(acc, gy, t2, n, W, 7, p, hm); return 1;
+    default: return 0;
+    }
+}
+
 /* Output rows [oa, ob) of one channel, V then H, from t1 rows (image row i at
  * rows + (i - row0) * W) into y (output row o at y + o * OW). V runs as one flat vector
  * loop over all rows whose taps are all inside the image; H, when the output is as wide
@@ -535,33 +585,88 @@ static int FN(vertical_backward)(const REAL *g_t2, const REAL *t1, const REAL *V
     return 0;
 }
 
-/* Gradients of the lateral stage: g_lb = sum g_t1; g_x[b] = L^T g_t1[b] (threads over
- * (b, pixel block)); g_l = sum_b g_t1[b] x[b]^T, the reduction over pixels split among
- * threads into private partial sums that are added in thread order. */
+/* C[i][j] = sum_b sum_q A_b[i][q] * B_b[j][q] for one DR x DC block of C (rows i0.., cols
+ * j0..), with the reduction along the contiguous axis of both operands: vectors along q,
+ * DR * DC vector accumulators, one horizontal sum at the end. No packing. Rows past the
+ * matrix edge reuse the last row and are not stored. */
+#if VBYTES >= 64
+#define DR 4
+#define DC 4
+#elif VBYTES >= 32
+#define DR 2
+#define DC 4
+#else
+#define DR 2
+#define DC 2
+#endif
+static void FN(dot_block)(ptrdiff_t i0, ptrdiff_t j0, ptrdiff_t M, ptrdiff_t Nn, ptrdiff_t K, ptrdiff_t nb,
+                          const REAL *A, ptrdiff_t lda, ptrdiff_t bsa, const REAL *Bm, ptrdiff_t ldb, ptrdiff_t bsb,
+                          REAL *C, ptrdiff_t ldc, int accumulate)
+{
+    VEC acc[DR][DC];
+    double tail[DR][DC];
+    for (int r = 0; r < DR; ++r)
+        for (int c = 0; c < DC; ++c) {
+            acc[r][c] = (VEC){0};
+            tail[r][c] = 0;
+        }
+    ptrdiff_t kfull = K / LANES * LANES;
+    for (ptrdiff_t b = 0; b < nb; ++b) {
+        const REAL *ar[DR], *br[DC];
+        for (int r = 0; r < DR; ++r) ar[r] = A + b * bsa + (i0 + r < M ? i0 + r : M - 1) * lda;
+        for (int c = 0; c < DC; ++c) br[c] = Bm + b * bsb + (j0 + c < Nn ? j0 + c : Nn - 1) * ldb;
+        for (ptrdiff_t q = 0; q < kfull; q += LANES) {
+            VEC av[DR], bv[DC];
+            for (int r = 0; r < DR; ++r) av[r] = FN(vload)(ar[r] + q);
+            for (int c = 0; c < DC; ++c) bv[c] = FN(vload)(br[c] + q);
+            for (int r = 0; r < DR; ++r)
+                for (int c = 0; c < DC; ++c) acc[r][c] += av[r] * bv[c];
+        }
+        for (ptrdiff_t q = kfull; q < K; ++q)
+            for (int r = 0; r < DR; ++r)
+                for (int c = 0; c < DC; ++c) tail[r][c] += (double)ar[r][q] * br[c][q];
+    }
+    for (int r = 0; r < DR && i0 + r < M; ++r)
+        for (int c = 0; c < DC && j0 + c < Nn; ++c) {
+            REAL lanes[LANES];
+            memcpy(lanes, &acc[r][c], sizeof lanes);
+            double s = tail[r][c];
+            for (int l = 0; l < LANES; ++l) s += lanes[l];
+            if (accumulate) s += C[(i0 + r) * ldc + j0 + c];
+            C[(i0 + r) * ldc + j0 + c] = (REAL)s;
+        }
+}
+
+/* Gradients of the lateral stage: g_lb = sum g_t1; g_l = sum_b g_t1[b] x[b]^T by dot_block
+ * (threads over blocks of g_l, so the result does not depend on the thread count);
+ * g_x[b] = L^T g_t1[b] by the packed GEMM (threads over (b, pixel block)). */
 static int FN(lateral_backward)(const REAL *g_t1, const REAL *x, const REAL *L, REAL *g_x, REAL *g_l,
                                 REAL *g_lb, ptrdiff_t B, ptrdiff_t C, ptrdiff_t N, ptrdiff_t P)
 {
     int nt = omp_get_max_threads();
-    ptrdiff_t a1 = FN(round_up)(FN(round_up)(C, MR) * N, 16);  /* L^T packed */
-    ptrdiff_t a2 = FN(round_up)(FN(round_up)(N, MR) * KC, 16); /* a K-chunk of g_t1 packed */
-    ptrdiff_t part = FN(round_up)(N * C, 16);
+    ptrdiff_t a1 = FN(round_up)(FN(round_up)(C, MR) * N, 16); /* L^T packed */
     ptrdiff_t stride;
-    REAL *ws = FN(alloc_ws)((a1 > a2 ? a1 : a2) + (ptrdiff_t)KC * NC + part, nt, &stride);
+    REAL *ws = FN(alloc_ws)(a1 + (ptrdiff_t)KC * NC, nt, &stride);
     if (!ws) return 1;
-    ptrdiff_t nblk = (P + NC - 1) / NC, kblk = (P + KC - 1) / KC;
-    int team = 1;
+    ptrdiff_t nblk = (P + NC - 1) / NC, ni = (N + DR - 1) / DR, nj = (C + DC - 1) / DC;
 #pragma omp parallel num_threads(nt)
     {
-        int tid = omp_get_thread_num();
-        REAL *ap = ws + tid * stride, *bp = ap + (a1 > a2 ? a1 : a2), *gl = bp + (ptrdiff_t)KC * NC;
-#pragma omp single
-        team = omp_get_num_threads();
+        REAL *ap = ws + omp_get_thread_num() * stride, *bp = ap + a1;
         /* g_lb */
 #pragma omp for schedule(static) nowait
         for (ptrdiff_t n = 0; n < N; ++n) {
             double s = 0;
             for (ptrdiff_t b = 0; b < B; ++b) s += FN(sum)(g_t1 + (b * N + n) * P, P);
             g_lb[n] = (REAL)s;
+        }
+        /* g_l[n][c] = sum_b sum_q g_t1[b][n][q] x[b][c][q], blocks of DR x DC outputs */
+        /* image by image, so both operands stay in L2; the static schedule gives every block
+         * the same thread for all images, so no synchronisation is needed between them */
+        for (ptrdiff_t b = 0; b < B; ++b) {
+#pragma omp for collapse(2) schedule(static) nowait
+            for (ptrdiff_t ib = 0; ib < ni; ++ib)
+                for (ptrdiff_t jb = 0; jb < nj; ++jb)
+                    FN(dot_block)(ib * DR, jb * DC, N, C, P, 1, g_t1 + b * N * P, P, 0, x + b * C * P, P, 0, g_l, C, b > 0);
         }
         /* g_x = L^T g_t1: A = L^T is C x N with rsa = 1, csa = C */
         FN(pack_a)(C, N, L, 1, C, ap);
@@ -571,23 +676,6 @@ static int FN(lateral_backward)(const REAL *g_t1, const REAL *x, const REAL *L, 
                 ptrdiff_t j0 = jb * NC, nc = P - j0 < NC ? P - j0 : NC;
                 FN(gemm)(C, nc, N, ap, g_t1 + b * N * P + j0, P, 1, g_x + b * C * P + j0, P, NULL, 0, bp);
             }
-        /* g_l partial: sum over this thread's pixel chunks of g_t1[:, chunk] x[:, chunk]^T */
-        for (ptrdiff_t i = 0; i < N * C; ++i) gl[i] = 0;
-#pragma omp for collapse(2) schedule(static)
-        for (ptrdiff_t b = 0; b < B; ++b)
-            for (ptrdiff_t kb = 0; kb < kblk; ++kb) {
-                ptrdiff_t k0 = kb * KC, kl = P - k0 < KC ? P - k0 : KC;
-                FN(pack_a)(N, kl, g_t1 + b * N * P + k0, P, 1, ap);
-                /* B[q][c] = x[b][c][k0 + q]: rsb = 1, csb = P */
-                FN(gemm)(N, C, kl, ap, x + b * C * P + k0, 1, P, gl, C, NULL, 1, bp);
-            }
-        /* implicit barrier above; add the partials in thread order */
-#pragma omp for schedule(static)
-        for (ptrdiff_t i = 0; i < N * C; ++i) {
-            REAL s = 0;
-            for (int t = 0; t < team; ++t) s += ws[t * stride + (a1 > a2 ? a1 : a2) + (ptrdiff_t)KC * NC + i];
-            g_l[i] = s;
-        }
     }
     free(ws);
     return 0;
@@ -717,17 +805,25 @@ static int FN(vh_backward)(const REAL *gy, const REAL *t1, const REAL *V, const 
 {
     ptrdiff_t OH = H + 2 * p - k + 1, OW = W + 2 * p - k + 1, stride;
     int nt = omp_get_max_threads();
+    ptrdiff_t margin = FN(round_up)(k, 16) + 16;
     ptrdiff_t l1 = FN(round_up)(W + 2 * p, 16), l2 = FN(round_up)(W + k - 1, 16), l3 = FN(round_up)(k, 16);
-    ptrdiff_t lg = FN(round_up)(OH * W, 16), lacc = 2 * (2 * k + 2) * (ptrdiff_t)(sizeof(double) / sizeof(REAL)) + 16;
-    REAL *ws = FN(alloc_ws)(l1 + l2 + 2 * l3 + lg + lacc, nt, &stride);
+    ptrdiff_t lg = FN(round_up)(OH * W, 16), lacc = FN(round_up)((2 * k + 2) * (ptrdiff_t)(sizeof(double) / sizeof(REAL)), 16);
+    ptrdiff_t lp = FN(round_up)(OH * W + 2 * margin, 16); /* a plane with margins, for the flat path */
+    REAL *ws = FN(alloc_ws)(l1 + l2 + 2 * l3 + lg + lacc + 2 * lp, nt, &stride);
     if (!ws) return 1;
 #pragma omp parallel num_threads(nt)
     {
         REAL *t2p = ws + omp_get_thread_num() * stride, *gyp = t2p + l1, *hrev = gyp + l2, *vrev = hrev + l3,
              *g2 = vrev + l3;
         double *accv = (double *)(g2 + lg), *acch = accv + (k + 1);
+        REAL *pl_a = g2 + lg + lacc, *pl_b = pl_a + lp;
+        REAL *t2f = pl_a + margin, *gyf = pl_b + margin; /* flat planes, zero margins */
+        FN(hmask_t) hm;
+        FN(hsame_masks)(&hm, W, k, p);
+        int flat = hm.ok && OW == W;
         for (ptrdiff_t i = 0; i < l1; ++i) t2p[i] = 0;
         for (ptrdiff_t i = 0; i < l2; ++i) gyp[i] = 0;
+        for (ptrdiff_t i = 0; i < 2 * lp; ++i) pl_a[i] = 0;
 #pragma omp for schedule(static)
         for (ptrdiff_t n = 0; n < N; ++n) {
             const REAL *v = V + n * k, *hw = Hw + n * k;
@@ -739,6 +835,34 @@ static int FN(vh_backward)(const REAL *gy, const REAL *t1, const REAL *V, const 
             for (ptrdiff_t b = 0; b < B; ++b) {
                 const REAL *g = gy + (b * N + n) * OH * OW, *t = t1 + (b * N + n) * H * W;
                 REAL *g1 = g_t1 + (b * N + n) * H * W;
+                if (flat) {
+                    /* t2 = V t1 + vb over the plane */
+                    ptrdiff_t ia = p, ib = H - k + p + 1;
+                    if (ib < ia) ib = ia = OH;
+                    for (ptrdiff_t o = 0; o < ia; ++o) FN(vrow)(t2f + o * W, t, 0, H, W, o, v, k, p, vb[n]);
+                    if (ib > ia) FN(taps)(t2f + ia * W, t + (ia - p) * W, W, (ib - ia) * W, v, k, vb[n]);
+                    for (ptrdiff_t o = ib; o < OH; ++o) FN(vrow)(t2f + o * W, t, 0, H, W, o, v, k, p, vb[n]);
+                    /* g_hw, g_hb */
+                    FN(hgrad_same)(acch, g, t2f, OH * W, W, k, p, &hm);
+                    /* g_t2 = H^T gy: "same" H with the taps reversed (and so the same masks) */
+                    memcpy(gyf, g, (size_t)(OH * W) * sizeof(REAL));
+                    FN(hsame)(g2, gyf, OH * W, W, hrev, k, k - 1 - p, 0, &hm);
+                    /* g_vb, g_v: flat dots of g_t2 with shifted t1 */
+                    accv[k] += FN(sum)(g2, OH * W);
+                    for (ptrdiff_t r = 0; r < k; ++r) {
+                        ptrdiff_t o_lo = p - r > 0 ? p - r : 0, o_hi = H + p - r < OH ? H + p - r : OH;
+                        if (o_hi > o_lo) accv[r] += FN(dot)(g2 + o_lo * W, t + (o_lo + r - p) * W, (o_hi - o_lo) * W);
+                    }
+                    /* g_t1 = V^T g_t2: interior rows flat, border rows one by one */
+                    ptrdiff_t i_lo = k - 1 - p, i_hi = OH - p; /* rows whose k taps all exist */
+                    if (i_hi < i_lo) i_hi = i_lo = H;
+                    if (i_lo > H) i_lo = H;
+                    if (i_hi > H) i_hi = H;
+                    for (ptrdiff_t i = 0; i < i_lo; ++i) FN(vrow_t)(g1 + i * W, g2, OH, W, i, vrev, k, p);
+                    if (i_hi > i_lo) FN(taps)(g1 + i_lo * W, g2 + (i_lo + p - (k - 1)) * W, W, (i_hi - i_lo) * W, vrev, k, 0);
+                    for (ptrdiff_t i = i_hi; i < H; ++i) FN(vrow_t)(g1 + i * W, g2, OH, W, i, vrev, k, p);
+                    continue;
+                }
                 for (ptrdiff_t o = 0; o < OH; ++o) {
                     const REAL *grow = g + o * OW;
                     FN(vrow)(t2p + p, t, 0, H, W, o, v, k, p, vb[n]);
@@ -777,6 +901,8 @@ static void FN(block_sizes)(int *out)
 #undef KC
 #undef NC
 #undef FUSED_BUF
+#undef DR
+#undef DC
 #undef FUSED_PIX
 #undef VEC
 #undef IVEC
