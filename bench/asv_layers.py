@@ -20,8 +20,7 @@ except Exception as e:  # noqa: BLE001 - an old commit's package may lack what b
     IMPORT_ERROR = f"{type(e).__name__}: {e}"
 
 TABLES = [t for t in os.environ.get("BENCH_ASV_PRESET", "paper").split(",") if t]
-IMPL_NAMES = impls.names() if impls else ["dense", "torch"]
-DEVICES = ["cpu", "cuda"]
+DEVICES, IMPL_NAMES = harness.asv_grid() if harness else (["cpu"], ["dense", "torch"])
 LAYERS = [f"{t}:{r.name}" for t in TABLES for r in rows(t)] if rows else []
 
 

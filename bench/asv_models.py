@@ -30,8 +30,7 @@ except Exception as e:  # noqa: BLE001 - an old commit's package may lack what b
 
 NETWORKS = ["baseline", "flattened"]
 TABLES = [t for t in os.environ.get("BENCH_ASV_PRESET", "paper").split(",") if t]
-IMPL_NAMES = impls.names() if impls else ["dense", "torch"]
-DEVICES = ["cpu", "cuda"]
+DEVICES, IMPL_NAMES = harness.asv_grid() if harness else (["cpu"], ["dense", "torch"])
 CONFIGS = models.model_configs(TABLES) if models else ["cifar"]
 
 
