@@ -12,10 +12,6 @@ import pytest
 from bench import harness
 
 
-def _csv(value):
-    return [v for v in (value or "").split(",") if v]
-
-
 def pytest_addoption(parser):
     group = parser.getgroup("flattened-conv benchmarks")
     group.addoption("--preset", default="smoke", help="comma-separated layer tables (smoke, paper, sweep); default smoke")
@@ -34,8 +30,8 @@ def pytest_generate_tests(metafunc):
         return
     opt = metafunc.config.getoption
     cases = harness.select_cases(
-        _csv(opt("--preset")), impl_names=_csv(opt("--impl")), devices=_csv(opt("--device")),
-        directions=_csv(opt("--direction")), dtypes=_csv(opt("--dtype")), all_rows=opt("--all-rows"),
+        harness.split_csv(opt("--preset")), impl_names=harness.split_csv(opt("--impl")), devices=harness.split_csv(opt("--device")),
+        directions=harness.split_csv(opt("--direction")), dtypes=harness.split_csv(opt("--dtype")), all_rows=opt("--all-rows"),
     )
     if not cases:
         raise pytest.UsageError("no benchmark case matches the given --preset/--impl/--device/--direction")
@@ -53,7 +49,7 @@ def threads(request):
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    devices = _csv(config.getoption("--device")) or ["cpu", "cuda"]
+    devices = harness.split_csv(config.getoption("--device")) or ["cpu", "cuda"]
     machine_info["flatconv"] = {d: harness.machine_record(d) for d in devices if d == "cpu" or _cuda()}
 
 

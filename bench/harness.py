@@ -66,6 +66,24 @@ class Case:
     def shape(self) -> impls.LayerShape:
         return self.row.shape(batch(self.table, self.device))
 
+    def describe(self) -> dict:
+        """The record fields that depend on the case alone: the layer, its parameter
+        count, its FLOPs and minimum bytes (see impls/shapes.py)."""
+        shape = self.shape
+        itemsize = torch.empty((), dtype=DTYPES[self.dtype]).element_size()
+        kind = "dense" if self.impl == "dense" else "flat"
+        if self.direction.startswith("stage:"):
+            stage_list = self.direction.split(":", 1)[1].split("+")
+            known = all(s in ("lateral", "vertical", "horizontal") for s in stage_list)
+            flops = sum(shape.stage_flops(s) for s in stage_list) if known else None
+            nbytes = _fused_stage_bytes(shape, stage_list, itemsize) if known else None
+        else:
+            flops = shape.flops(self.direction, kind)
+            nbytes = shape.min_bytes(self.direction, kind, itemsize)
+        return {"impl": self.impl, "device": self.device, "table": self.table, "shape": self.row.name,
+                **shape.as_dict(), "dtype": self.dtype, "direction": self.direction, "params": shape.params(kind),
+                "flops": flops, "bytes": nbytes}
+
 
 @functools.lru_cache(maxsize=None)
 def stage_names(impl_name: str, device: str) -> tuple[str, ...]:
@@ -468,39 +486,17 @@ def record(case: Case, *, status: str, reason: str | None = None, stats: dict | 
            bench: Bench | None = None, peak: int | None = None, peak_method: str | None = None,
            graph_time: float | None = None, graph_note: str | None = None, kernels: list[str] | None = None,
            extra: dict | None = None) -> dict:
-    """One result in the documented schema (bench/README.md)."""
-    shape = case.shape
-    dtype = DTYPES[case.dtype]
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    kind = "dense" if case.impl == "dense" else "flat"
-    if case.direction.startswith("stage:"):
-        stage_list = case.direction.split(":", 1)[1].split("+")
-        known = [s for s in stage_list if s in ("lateral", "vertical", "horizontal")]
-        flops = sum(shape.stage_flops(s) for s in known) if known == stage_list else None
-        # A fused group reads its first stage's input and writes its last stage's output.
-        nbytes = None
-        if flops is not None:
-            nbytes = shape.stage_bytes(stage_list[0], itemsize) if len(stage_list) == 1 else \
-                _fused_stage_bytes(shape, stage_list, itemsize)
-    else:
-        flops = shape.flops(case.direction, kind)
-        nbytes = shape.min_bytes(case.direction, kind, itemsize)
+    """One result in the documented schema (bench/README.md). `case` is any object with
+    `id`, `device` and `describe()` (a layer Case, or a model case of bench/models.py)."""
+    info = case.describe()
+    flops, nbytes = info.get("flops"), info.get("bytes")
     rec = {
         "run_id": run_id(),
         "case": case.id,
-        "impl": case.impl,
-        "device": case.device,
-        "table": case.table,
-        "shape": case.row.name,
-        **shape.as_dict(),
-        "dtype": case.dtype,
-        "direction": case.direction,
+        **info,
         "status": status,
         "reason": reason,
         "timer": TIMER[case.device],
-        "params": shape.params(kind),
-        "flops": flops,
-        "bytes": nbytes,
         "intensity": flops / nbytes if flops and nbytes else None,
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": git_commit(),
@@ -534,6 +530,9 @@ def record(case: Case, *, status: str, reason: str | None = None, stats: dict | 
 
 
 def _fused_stage_bytes(shape, stage_list, itemsize) -> int:
+    """Minimum bytes of one stage or a fused group of consecutive stages."""
+    if len(stage_list) == 1:
+        return shape.stage_bytes(stage_list[0], itemsize)
     first = shape.stage_bytes(stage_list[0], itemsize)
     last = shape.stage_bytes(stage_list[-1], itemsize)
     # first stage's input + weights, last stage's output + weights; the tensors between
@@ -576,31 +575,86 @@ class ResultsWriter:
             os.fsync(f.fileno())
 
 
-def measure(case: Case, *, threads: int | None = None, min_time: float = 0.3, graph: bool = True) -> dict:
+def measure(case: Case, *, threads: int | None = None, min_time: float = 0.3, graph: bool = True,
+            setup=None, make_record=None) -> dict:
     """Set up, gate, time and measure one case with the harness's own timers and return
     its record; a case that cannot run or fails returns a skipped/failed record instead
-    of raising, so a sweep always goes on."""
-    try:
-        bench = setup_case(case, threads)
-    except Unavailable as e:
-        return record(case, status="skipped", reason=str(e))
-    except GateFailed as e:
-        return record(case, status="failed", reason=str(e))
-    except Exception as e:  # noqa: BLE001 - a crash of one implementation must not end the sweep
+    of raising, so a sweep always goes on. `setup` and `make_record` default to the layer
+    case's (setup_case, record); the model table passes its own."""
+    setup = setup or setup_case
+    make_record = make_record or record
+
+    def failure(e, bench=None):
         _reset_after_error(case.device)
-        return record(case, status="failed", reason=f"{type(e).__name__}: {e}".splitlines()[0][:500])
+        return make_record(case, status="failed", reason=f"{type(e).__name__}: {e}".splitlines()[0][:500], bench=bench)
+
+    try:
+        bench = setup(case, threads)
+    except Unavailable as e:
+        return make_record(case, status="skipped", reason=str(e))
+    except GateFailed as e:
+        return make_record(case, status="failed", reason=str(e))
+    except Exception as e:  # noqa: BLE001 - a crash of one implementation must not end the sweep
+        return failure(e)
     try:
         stats = measure_time(bench, min_time=min_time)
-        repeat = measure_time(bench, min_time=min_time / 3)
-        stats["time_repeat_median"] = repeat["time_median"]
+        stats["time_repeat_median"] = measure_time(bench, min_time=min_time / 3)["time_median"]
         graph_time, note = measure_graph_time(bench) if graph else (None, None)
         peak, method = peak_bytes(bench)
         kernels = kernels_ran(bench)
     except Exception as e:  # noqa: BLE001 - out of memory, a kernel fault: record and go on
-        _reset_after_error(case.device)
-        return record(case, status="failed", reason=f"{type(e).__name__}: {e}".splitlines()[0][:500], bench=bench)
-    return record(case, status="ok", stats=stats, bench=bench, peak=peak, peak_method=method,
-                  graph_time=graph_time, graph_note=note, kernels=kernels)
+        return failure(e, bench)
+    return make_record(case, status="ok", stats=stats, bench=bench, peak=peak, peak_method=method,
+                       graph_time=graph_time, graph_note=note, kernels=kernels)
+
+
+def split_csv(value: str | None) -> list[str]:
+    """"a,b,,c" -> ["a", "b", "c"]: the form of every list option of the entry points."""
+    return [v for v in (value or "").split(",") if v]
+
+
+def stats_from_benchmark(benchmark) -> dict:
+    """pytest-benchmark's statistics of a finished benchmark, in the record's names."""
+    s = getattr(getattr(benchmark, "stats", None), "stats", None)
+    if s is None or not getattr(s, "data", None):
+        return {}
+    return {
+        "time_median": s.median, "time_q1": s.q1, "time_q3": s.q3, "time_iqr": s.iqr, "time_mean": s.mean,
+        "time_min": s.min, "time_stddev": s.stddev, "rounds": s.rounds,
+    }
+
+
+def run_pytest_benchmark(benchmark, case, writer: ResultsWriter, *, setup=None, make_record=None,
+                         threads: int | None = None, graph: bool = True) -> dict | None:
+    """The body of a pytest-benchmark test: set up and gate the case (`setup`, default
+    setup_case), time it with the `benchmark` fixture, measure memory, graph time and
+    kernels, store the record in `extra_info` and stream it to `writer`. Unavailable cases
+    are recorded and skipped; failures are recorded and re-raised (the test fails)."""
+    import pytest
+
+    setup = setup or setup_case
+    make_record = make_record or record
+    benchmark.group = case.group
+    try:
+        bench = setup(case, threads, warmup=not benchmark.disabled)
+    except Unavailable as e:
+        writer.write(make_record(case, status="skipped", reason=str(e)))
+        pytest.skip(str(e))
+    except Exception as e:
+        rec = make_record(case, status="failed", reason=f"{type(e).__name__}: {e}".splitlines()[0][:500])
+        writer.write(rec)
+        benchmark.extra_info.update(rec)
+        raise
+    benchmark(bench.call)
+    if benchmark.disabled:  # the suite's smoke pass in `tox -e test`: it ran, nothing to record
+        return None
+    peak, method = peak_bytes(bench)
+    graph_time, note = measure_graph_time(bench) if graph else (None, None)
+    rec = make_record(case, status="ok", stats=stats_from_benchmark(benchmark), bench=bench, peak=peak,
+                      peak_method=method, graph_time=graph_time, graph_note=note, kernels=kernels_ran(bench))
+    benchmark.extra_info.update(rec)
+    writer.write(rec)
+    return rec
 
 
 def _reset_after_error(device: str) -> None:

@@ -520,6 +520,19 @@ class ModelCase:
     def group(self) -> str:
         return f"{MODEL_TABLE}:{self.config}/{self.device}/{self.dtype}/{self.direction}"
 
+    def describe(self) -> dict:
+        """The record fields of this case (see harness.record): the network as the layer."""
+        cfg = get_config(self.config)
+        summary = param_summary(ConvNet(cfg, self.network, impl="torch"))
+        return {
+            "impl": self.impl, "device": self.device, "table": MODEL_TABLE, "shape": self.config,
+            "network": self.network, "batch": self.batch, "in_channels": cfg.in_channels,
+            "out_channels": cfg.num_classes, "height": cfg.image_size, "width": cfg.image_size,
+            "kernel_size": cfg.kernel_size, "padding": cfg.kernel_size // 2, "dtype": self.dtype,
+            "direction": self.direction, "params": summary["params"], "conv_params": summary["conv_params"],
+            "flops": _network_flops(self), "bytes": None,
+        }
+
 
 def model_configs(presets) -> list[str]:
     out = []
@@ -661,62 +674,13 @@ def setup_model_case(case: ModelCase, threads: int | None = None, warmup: bool =
     return bench
 
 
-def model_record(case: ModelCase, *, status: str, reason: str | None = None, stats: dict | None = None,
-                 bench=None, peak: int | None = None, peak_method: str | None = None,
-                 graph_time: float | None = None, graph_note: str | None = None) -> dict:
-    """One model-table result in the layer records' schema (bench/README.md) with
-    table "model" and shape = the network config; `params` is the whole network's."""
+def model_record(case: ModelCase, *, stats: dict | None = None, **fields) -> dict:
+    """One model-table result in the layer records' schema (harness.record) with table
+    "model", shape = the network config, `params` the whole network's, and images/s."""
     from . import harness
 
-    cfg = get_config(case.config)
-    net = ConvNet(cfg, case.network, impl="torch")
-    summary = param_summary(net)
-    flops = _network_flops(case)
-    rec = {
-        "run_id": harness.run_id(),
-        "case": case.id,
-        "impl": case.impl,
-        "device": case.device,
-        "table": MODEL_TABLE,
-        "shape": case.config,
-        "network": case.network,
-        "batch": case.batch,
-        "in_channels": cfg.in_channels,
-        "out_channels": cfg.num_classes,
-        "height": cfg.image_size,
-        "width": cfg.image_size,
-        "kernel_size": cfg.kernel_size,
-        "padding": cfg.kernel_size // 2,
-        "dtype": case.dtype,
-        "direction": case.direction,
-        "status": status,
-        "reason": reason,
-        "timer": harness.TIMER[case.device],
-        "params": summary["params"],
-        "conv_params": summary["conv_params"],
-        "flops": flops,
-        "bytes": None,
-        "intensity": None,
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": harness.git_commit(),
-    }
-    if bench is not None:
-        rec["max_rel_error"] = max(bench.errors.values())
-        rec["errors"] = bench.errors
-        rec["warmup_calls"] = bench.warmup_calls
-        rec["runtime"] = bench.impl.runtime_info()
-    if stats:
-        rec.update(stats)
-        if stats.get("time_median"):
-            rec["gflops"] = flops / stats["time_median"] / 1e9
-            rec["images_per_s"] = case.batch / stats["time_median"]
-    rec["peak_bytes"] = peak
-    rec["peak_method"] = peak_method
-    rec["time_graph_median"] = graph_time
-    if graph_note:
-        rec["graph_note"] = graph_note
-    rec["machine"] = harness.machine_record(case.device, bench.threads if bench else None)
-    return harness._jsonable(rec)
+    extra = {"images_per_s": case.batch / stats["time_median"]} if stats and stats.get("time_median") else None
+    return harness.record(case, stats=stats, extra=extra, **fields)
 
 
 def measure_model(case: ModelCase, *, threads: int | None = None, min_time: float = 0.3) -> dict:
@@ -724,26 +688,8 @@ def measure_model(case: ModelCase, *, threads: int | None = None, min_time: floa
     for a case that cannot run (returns its skipped/failed record)."""
     from . import harness
 
-    try:
-        bench = setup_model_case(case, threads)
-    except harness.Unavailable as e:
-        return model_record(case, status="skipped", reason=str(e))
-    except harness.GateFailed as e:
-        return model_record(case, status="failed", reason=str(e))
-    except Exception as e:  # noqa: BLE001 - one implementation's crash must not end a sweep
-        harness._reset_after_error(case.device)
-        return model_record(case, status="failed", reason=f"{type(e).__name__}: {e}".splitlines()[0][:500])
-    try:
-        stats = harness.measure_time(bench, min_time=min_time)
-        stats["time_repeat_median"] = harness.measure_time(bench, min_time=min_time / 3)["time_median"]
-        graph_time, note = harness.measure_graph_time(bench) if case.direction == "forward" else (None, None)
-        peak, method = harness.peak_bytes(bench)
-    except Exception as e:  # noqa: BLE001
-        harness._reset_after_error(case.device)
-        return model_record(case, status="failed", reason=f"{type(e).__name__}: {e}".splitlines()[0][:500],
-                            bench=bench)
-    return model_record(case, status="ok", stats=stats, bench=bench, peak=peak, peak_method=method,
-                        graph_time=graph_time, graph_note=note)
+    return harness.measure(case, threads=threads, min_time=min_time, graph=case.direction == "forward",
+                           setup=setup_model_case, make_record=model_record)
 
 
 # --------------------------------------------------------------------------------------
