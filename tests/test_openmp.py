@@ -93,6 +93,15 @@ BLOCKING = [
     (1, 3, 9, 6, 300, 3, 2),
     (2, 20, 130, 33, 17, 5, 2),
     (1, 9, 33, 70, 9, 7, 6),
+    # rows a whole number of vectors wide (16 floats = one AVX-512 vector, 8 = AVX2), and
+    # rows that divide a vector: the masked and register-resident V+H paths
+    (2, 5, 7, 9, 32, 3, 1),
+    (1, 3, 4, 12, 16, 5, 2),
+    (2, 4, 6, 10, 48, 7, 3),
+    (1, 2, 3, 5, 64, 1, 0),
+    (2, 3, 5, 6, 8, 3, 1),
+    (1, 3, 5, 7, 4, 5, 2),
+    (2, 3, 5, 20, 16, 3, 0),
     # images smaller than the kernel, held only by the padding
     (2, 3, 4, 2, 3, 7, 3),
     (1, 2, 2, 1, 1, 3, 1),
@@ -103,10 +112,11 @@ BLOCKING = [
 
 @pytest.mark.parametrize("isa", _supported_isas())
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("case", BLOCKING, ids=lambda c: "B{}C{}N{}H{}W{}k{}p{}".format(*c))
-def test_blocking_boundaries_every_isa(name, case, isa):
+def test_blocking_boundaries_every_isa(name, case, isa, dtype):
     b, c, n, h, w, k, p = case
-    x, params, gy = _case(b, c, n, h, w, k, p, torch.float32, seed=1)
+    x, params, gy = _case(b, c, n, h, w, k, p, dtype, seed=1)
     with _isa(isa):
         _assert_close(impls.get(name), x, params, p, gy)
 

@@ -382,7 +382,7 @@ static int FN(hgrad_same)(double *acc, const REAL *gy, const REAL *t2, ptrdiff_t
  * as the input (2p = k - 1, "same"), runs as one flat loop too (hsame, masked at the row
  * borders; or unmasked with the border columns recomputed). `scratch` holds
  * (ob - oa) * W + 2 * round_up(k, 16) + 32 elements. */
-static void FN(vh_rows)(REAL *restrict y, const REAL *rows, ptrdiff_t row0, ptrdiff_t oa, ptrdiff_t ob, ptrdiff_t H,
+static void FN(vh_rows_2pass)(REAL *restrict y, const REAL *rows, ptrdiff_t row0, ptrdiff_t oa, ptrdiff_t ob, ptrdiff_t H,
                         ptrdiff_t W, ptrdiff_t k, ptrdiff_t p, const REAL *V, REAL vb, const REAL *Hw, REAL hb,
                         REAL *scratch, const FN(hmask_t) *hm)
 {
@@ -416,6 +416,80 @@ static void FN(vh_rows)(REAL *restrict y, const REAL *rows, ptrdiff_t row0, ptrd
             yr[j] = s;
         }
     }
+}
+
+#if VBYTES == 64
+/* One register pass of V then H over interior output rows [ia, ib) (every V tap inside
+ * the image) for "same" padding with W a multiple of LANES: each t2 vector is computed
+ * once, kept in a register, and H's shifted windows are two-source lane permutes
+ * (vpermt2ps) of the previous, current and next t2 vectors, so t2 never goes to memory
+ * and H does no unaligned loads. AVX-512 only: there the permute is one instruction. */
+static inline __attribute__((always_inline)) void FN(vh1_k)(REAL *restrict y, const REAL *rows, ptrdiff_t row0,
+                                                            ptrdiff_t ia, ptrdiff_t ib, ptrdiff_t W, int k,
+                                                            ptrdiff_t p, const REAL *restrict V, REAL vb,
+                                                            const REAL *restrict Hw, REAL hb)
+{
+    VEC v[8], h[8];
+    IVEC idx[8];
+    for (int s = 0; s < k; ++s) {
+        v[s] = (VEC){0} + V[s];
+        h[s] = (VEC){0} + Hw[s];
+        IREAL m[LANES];
+        ptrdiff_t d = s - p;
+        for (int l = 0; l < LANES; ++l) m[l] = (IREAL)(d < 0 ? LANES + d + l : d + l);
+        memcpy(&idx[s], m, sizeof m);
+    }
+    const VEC zero = (VEC){0}, vbv = (VEC){0} + vb, hbv = (VEC){0} + hb;
+    ptrdiff_t nv = W / LANES;
+    for (ptrdiff_t o = ia; o < ib; ++o) {
+        const REAL *src = rows + (o - p - row0) * W;
+        REAL *yr = y + o * W;
+        VEC prev = zero, cur = vbv, next;
+        for (int r = 0; r < k; ++r) cur += v[r] * FN(vload)(src + r * W);
+        for (ptrdiff_t c = 0; c < nv; ++c) {
+            if (c + 1 < nv) {
+                next = vbv;
+                for (int r = 0; r < k; ++r) next += v[r] * FN(vload)(src + r * W + (c + 1) * LANES);
+            } else {
+                next = zero;
+            }
+            VEC acc = hbv;
+            for (int s = 0; s < k; ++s) {
+                ptrdiff_t d = s - p;
+                VEC win = d < 0 ? __builtin_shuffle(prev, cur, idx[s]) : d > 0 ? __builtin_shuffle(cur, next, idx[s]) : cur;
+                acc += h[s] * win;
+            }
+            FN(vstore)(yr + c * LANES, acc);
+            prev = cur;
+            cur = next;
+        }
+    }
+}
+#endif
+
+/* Output rows [oa, ob) of one channel, V then H (see vh_rows_2pass); the interior rows go
+ * through the one-pass register kernel where it applies. */
+static void FN(vh_rows)(REAL *restrict y, const REAL *rows, ptrdiff_t row0, ptrdiff_t oa, ptrdiff_t ob, ptrdiff_t H,
+                        ptrdiff_t W, ptrdiff_t k, ptrdiff_t p, const REAL *V, REAL vb, const REAL *Hw, REAL hb,
+                        REAL *scratch, const FN(hmask_t) *hm)
+{
+#if VBYTES == 64
+    if (2 * p == k - 1 && W % LANES == 0 && k <= 7 && p <= LANES) {
+        ptrdiff_t ia = oa > p ? oa : p, ib = ob < H - k + p + 1 ? ob : H - k + p + 1;
+        if (ib > ia) {
+            if (ia > oa) FN(vh_rows_2pass)(y, rows, row0, oa, ia, H, W, k, p, V, vb, Hw, hb, scratch, hm);
+            switch (k) {
+            case 1: FN(vh1_k)(y, rows, row0, ia, ib, W, 1, p, V, vb, Hw, hb); break;
+            case 3: FN(vh1_k)(y, rows, row0, ia, ib, W, 3, p, V, vb, Hw, hb); break;
+            case 5: FN(vh1_k)(y, rows, row0, ia, ib, W, 5, p, V, vb, Hw, hb); break;
+            default: FN(vh1_k)(y, rows, row0, ia, ib, W, 7, p, V, vb, Hw, hb); break;
+            }
+            if (ob > ib) FN(vh_rows_2pass)(y, rows, row0, ib, ob, H, W, k, p, V, vb, Hw, hb, scratch, hm);
+            return;
+        }
+    }
+#endif
+    FN(vh_rows_2pass)(y, rows, row0, oa, ob, H, W, k, p, V, vb, Hw, hb, scratch, hm);
 }
 
 /* Aligned per-thread workspace: `per` elements for each of `nt` threads. */
