@@ -8,6 +8,10 @@ Every instruction set the CPU supports is exercised, not just the one dispatch p
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -265,6 +269,7 @@ def test_runtime_info(name):
     assert info["openmp_version"] >= 201107
     assert info["threads"] >= 1
     assert "gomp" in info["openmp_runtime"] or "omp" in info["openmp_runtime"]
+    assert isinstance(info["openmp_shared_with_torch"], bool)
 
 
 def test_stages_match_the_layer():
@@ -283,3 +288,19 @@ def test_stages_match_the_layer():
     torch.testing.assert_close(stages["vertical+horizontal"](), ref, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="padding:"):
         fused.stages(x, fused.prepare(params), 3)
+
+
+def test_missing_compiler_is_reported_not_raised(tmp_path):
+    """Without the built module and with a compiler that fails, `import impls` works and
+    unavailable_reason says why (run on a copy of the package, in a subprocess)."""
+    src = os.path.dirname(os.path.dirname(impls.__file__))
+    shutil.copytree(os.path.join(src, "impls"), tmp_path / "impls",
+                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    env = dict(os.environ, CC="false", PYTHONPATH=str(tmp_path), FLATCONV_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("FLATCONV_OPENMP_SANITIZE", None)
+    env.pop("LD_PRELOAD", None)
+    code = ("import impls; i = impls.get('openmp_fused'); r = i.unavailable_reason('cpu'); "
+            "assert r and 'building it failed' in r and len(r.splitlines()) == 1, r; "
+            "assert i.runtime_info()['available'] is False; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stdout + out.stderr

@@ -18,6 +18,7 @@ Building: see README.md beside this file.
 from __future__ import annotations
 
 import operator
+import os
 
 import torch
 
@@ -42,13 +43,17 @@ class _OpenMPBase(Implementation):
             return {"available": False, "reason": ext.reason}
         lib, ffi = ext.lib, ext.ffi
         isa = lib.fc_isa()
+        runtime = ffi.string(lib.fc_openmp_library()).decode()
         sizes = ffi.new("int[5]")
         lib.fc_block_sizes(isa, 4, sizes)
         return {
             "available": True,
             "isa": ffi.string(lib.fc_isa_name(isa)).decode(),
             "isa_supported": [ffi.string(lib.fc_isa_name(i)).decode() for i in range(3) if lib.fc_cpu_supports(i)],
-            "openmp_runtime": ffi.string(lib.fc_openmp_library()).decode(),
+            "openmp_runtime": runtime,
+            # True when the extension bound to the libgomp torch itself loaded (same soname):
+            # then torch and this extension share one OpenMP runtime and thread setting
+            "openmp_shared_with_torch": os.path.realpath(runtime).startswith(os.path.realpath(os.path.dirname(torch.__file__))),
             "openmp_version": int(lib.fc_openmp_version()),
             "threads": int(lib.fc_get_max_threads()),
             "compiler": ffi.string(lib.fc_compiler()).decode(),

@@ -43,9 +43,10 @@ def load() -> Extension:
     return _loaded
 
 
-def _first_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException, limit: int = 160) -> str:
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[-1] if text else ''}".strip()
+    line = f"{type(exc).__name__}: {text[-1] if text else ''}".strip()
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _from_file(path: str):
@@ -72,8 +73,8 @@ def _load() -> Extension:
     if not sanitize:
         try:
             from . import _flatconv as installed
-        except ImportError as exc:
-            why = f"not built at install time ({_first_line(exc)})"
+        except ImportError:
+            why = "not built at install time"
         else:
             got = installed.ffi.string(installed.lib.fc_source_hash()).decode()
             if got == want:
@@ -88,7 +89,8 @@ def _load() -> Extension:
             module = _from_file(path)
             origin = f"built on first use: {path}"
         except Exception as exc:  # a missing compiler, a failed compile, an unwritable cache
-            return Extension(reason=f"the C extension is {why} and building it failed: {_first_line(exc)}")
+            return Extension(reason=f"the C extension is {why} and building it failed ({_first_line(exc)}); "
+                                    "`python impls/openmp/_build.py` shows the compiler output")
     forced = os.environ.get("FLATCONV_OPENMP_ISA")
     if forced:
         if forced not in ISAS or module.lib.fc_set_isa(ISAS[forced]) != 0:
