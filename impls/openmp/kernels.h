@@ -736,11 +736,19 @@ static int FN(lateral_backward)(const REAL *g_t1, const REAL *x, const REAL *L, 
         /* g_l[n][c] = sum_b sum_q g_t1[b][n][q] x[b][c][q], blocks of DR x DC outputs */
         /* image by image, so both operands stay in L2; the static schedule gives every block
          * the same thread for all images, so no synchronisation is needed between them */
-        for (ptrdiff_t b = 0; b < B; ++b) {
+        if (P >= 512) {
+            for (ptrdiff_t b = 0; b < B; ++b) {
+#pragma omp for collapse(2) schedule(static) nowait
+                for (ptrdiff_t ib = 0; ib < ni; ++ib)
+                    for (ptrdiff_t jb = 0; jb < nj; ++jb)
+                        FN(dot_block)(ib * DR, jb * DC, N, C, P, 1, g_t1 + b * N * P, P, 0, x + b * C * P, P, 0, g_l,
+                                      C, b > 0);
+            }
+        } else { /* short rows: reduce over all images at once, one horizontal sum per block */
 #pragma omp for collapse(2) schedule(static) nowait
             for (ptrdiff_t ib = 0; ib < ni; ++ib)
                 for (ptrdiff_t jb = 0; jb < nj; ++jb)
-                    FN(dot_block)(ib * DR, jb * DC, N, C, P, 1, g_t1 + b * N * P, P, 0, x + b * C * P, P, 0, g_l, C, b > 0);
+                    FN(dot_block)(ib * DR, jb * DC, N, C, P, B, g_t1, P, N * P, x, P, C * P, g_l, C, 0);
         }
         /* g_x = L^T g_t1: A = L^T is C x N with rsa = 1, csa = C */
         FN(pack_a)(C, N, L, 1, C, ap);
