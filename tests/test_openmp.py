@@ -297,8 +297,8 @@ def test_missing_compiler_is_reported_not_raised(tmp_path):
     shutil.copytree(os.path.join(src, "impls"), tmp_path / "impls",
                     ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
     env = dict(os.environ, CC="false", PYTHONPATH=str(tmp_path), FLATCONV_CACHE_DIR=str(tmp_path / "cache"))
-    env.pop("FLATCONV_OPENMP_SANITIZE", None)
-    env.pop("LD_PRELOAD", None)
+    for var in ("FLATCONV_OPENMP_SANITIZE", "FLATCONV_OPENMP_NO_BUILD", "FLATCONV_OPENMP_ISA", "LD_PRELOAD"):
+        env.pop(var, None)
     code = ("import impls; i = impls.get('openmp_fused'); r = i.unavailable_reason('cpu'); "
             "assert r and 'building it failed' in r and len(r.splitlines()) == 1, r; "
             "assert i.runtime_info()['available'] is False; print('ok')")
