@@ -22,7 +22,7 @@ def pytest_addoption(parser):
     group.addoption("--dtype", default="float32", help="comma-separated dtypes (default float32)")
     group.addoption("--all-rows", action="store_true", help="run every row of the sweep table, not the seeded subset")
     group.addoption("--threads", type=int, default=None, help="threads for torch and the C extension (default: all cores)")
-    group.addoption("--results", default=None, help="append one JSON record per case to this .jsonl file as it finishes")
+    group.addoption("--results", default=None, help="write one JSON record per case to this .jsonl file as it finishes (the file is started anew)")
 
 
 def pytest_generate_tests(metafunc):
@@ -40,7 +40,8 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture(scope="session")
 def results_writer(request):
-    return harness.ResultsWriter(request.config.getoption("--results"))
+    # One file per pytest run: a rerun replaces the previous run's records.
+    return harness.ResultsWriter(request.config.getoption("--results"), fresh=True)
 
 
 @pytest.fixture(scope="session")

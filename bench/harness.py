@@ -559,12 +559,14 @@ def _jsonable(value):
 
 class ResultsWriter:
     """Appends one JSON record per line and flushes it at once, so an interrupted sweep
-    keeps every case it finished."""
+    keeps every case it finished. `fresh=True` starts the file anew (one file, one run)."""
 
-    def __init__(self, path: str | os.PathLike | None):
+    def __init__(self, path: str | os.PathLike | None, fresh: bool = False):
         self.path = Path(path) if path else None
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if fresh:
+                self.path.write_text("")
 
     def write(self, rec: dict) -> None:
         if not self.path:
