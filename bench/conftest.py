@@ -58,3 +58,13 @@ def _cuda():
     import torch
 
     return torch.cuda.is_available()
+
+
+def pytest_benchmark_generate_json(config, benchmarks, include_data, machine_info, commit_info):
+    """--benchmark-json without every raw timing (megabytes for microsecond cases): the
+    statistics and each record in extra_info are what the reports read. Pass
+    --benchmark-save-data to keep the raw timings."""
+    from pytest_benchmark.plugin import pytest_benchmark_generate_json as default
+
+    keep = config.getoption("benchmark_save_data", False)
+    return default(config, benchmarks, include_data and keep, machine_info, commit_info)
