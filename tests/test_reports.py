@@ -236,3 +236,12 @@ def test_asv_results_without_benchmarks_json(tmp_path):
     assert set(asv["type"]) == {"time", "track"}
     assert asv["commit"].nunique() == 3 and asv["value"].notna().sum() == 32
     assert len(inputs.asv_machines) == 1
+
+
+def test_models_section_lists_the_papers_datasets(tmp_path):
+    index, text, page, problems = _build(tmp_path / "out", "cifar.models.json")
+    models = _section(text, "models")
+    for dataset in ("CIFAR-10", "CIFAR-100", "MNIST"):
+        assert dataset in models
+    assert "no CIFAR-100 loader" in models and "nothing downloads" in models
+    assert "CIFAR-10 (subset): cifar.models.json" in models  # the fixture measured CIFAR-10
