@@ -184,11 +184,6 @@ class Bench:
     threads: int | None = None
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def setup_case(case: Case, threads: int | None = None, warmup: bool = True) -> Bench:
     """Build the case's inputs, run the correctness gate, and warm the callable up.
     Raises Unavailable (skip) or GateFailed (record as failed, never time)."""
