@@ -17,10 +17,6 @@ import time
 from . import harness
 
 
-def _csv(value: str) -> list[str]:
-    return [v for v in value.split(",") if v]
-
-
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -48,8 +44,7 @@ def _fmt_time(seconds):
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    cases = harness.select_cases(_csv(args.preset), impl_names=_csv(args.impl), devices=_csv(args.device),
-                                 directions=_csv(args.direction), dtypes=_csv(args.dtype), all_rows=args.all_rows)
+    cases = harness.select_cases(**harness.selection(lambda name: getattr(args, name)), all_rows=args.all_rows)
     if not cases:
         print("no case matches: check --preset/--impl/--device/--direction", file=sys.stderr)
         return 2
@@ -57,7 +52,7 @@ def main(argv=None) -> int:
         for c in cases:
             print(c.id)
         return 0
-    threads_list = [int(t) for t in _csv(args.threads)] or [None]
+    threads_list = [int(t) for t in harness.split_csv(args.threads)] or [None]
     writer = harness.ResultsWriter(args.results)
     results = []
     total = len(cases) * len(threads_list)

@@ -54,7 +54,7 @@ class _Layer:
 
     def track_gflops(self, impl, device, layer):
         stats = harness.measure_time(self.bench, min_time=0.2)
-        return self.bench.case.shape.flops(self.direction, "dense" if impl == "dense" else "flat") / stats["time_median"] / 1e9
+        return self.bench.case.describe()["flops"] / stats["time_median"] / 1e9
 
     track_gflops.unit = "GFLOP/s"
 
@@ -66,7 +66,7 @@ class Forward(_Layer):
         self.bench.call()
 
     def track_params(self, impl, device, layer):
-        return self.bench.case.shape.params("dense" if impl == "dense" else "flat")
+        return self.bench.case.describe()["params"]
 
     track_params.unit = "parameters"
 

@@ -29,10 +29,7 @@ def pytest_generate_tests(metafunc):
     if "case" not in metafunc.fixturenames:
         return
     opt = metafunc.config.getoption
-    cases = harness.select_cases(
-        harness.split_csv(opt("--preset")), impl_names=harness.split_csv(opt("--impl")), devices=harness.split_csv(opt("--device")),
-        directions=harness.split_csv(opt("--direction")), dtypes=harness.split_csv(opt("--dtype")), all_rows=opt("--all-rows"),
-    )
+    cases = harness.select_cases(**harness.selection(lambda name: opt("--" + name)), all_rows=opt("--all-rows"))
     if not cases:
         raise pytest.UsageError("no benchmark case matches the given --preset/--impl/--device/--direction")
     metafunc.parametrize("case", cases, ids=[c.id for c in cases])

@@ -610,6 +610,16 @@ def split_csv(value: str | None) -> list[str]:
     return [v for v in (value or "").split(",") if v]
 
 
+def selection(get) -> dict:
+    """The case filters every entry point shares, from its comma-separated options:
+    `get(name)` returns the option's value for "preset", "impl", "device", "direction",
+    "dtype". The result is select_cases's keyword arguments (bench.models.select_model_cases
+    takes the same, with `tables` as its first argument)."""
+    return {"tables": split_csv(get("preset")), "impl_names": split_csv(get("impl")),
+            "devices": split_csv(get("device")), "directions": split_csv(get("direction")),
+            "dtypes": split_csv(get("dtype"))}
+
+
 def stats_from_benchmark(benchmark) -> dict:
     """pytest-benchmark's statistics of a finished benchmark, in the record's names."""
     s = getattr(getattr(benchmark, "stats", None), "stats", None)

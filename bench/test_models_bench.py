@@ -22,11 +22,8 @@ from bench import harness, models
 def pytest_generate_tests(metafunc):
     if "model_case" not in metafunc.fixturenames:
         return
-    opt = metafunc.config.getoption
-    cases = models.select_model_cases(
-        harness.split_csv(opt("--preset")), impl_names=harness.split_csv(opt("--impl")), devices=harness.split_csv(opt("--device")),
-        directions=harness.split_csv(opt("--direction")), dtypes=harness.split_csv(opt("--dtype")),
-    )
+    chosen = harness.selection(lambda name: metafunc.config.getoption("--" + name))
+    cases = models.select_model_cases(chosen.pop("tables"), **chosen)
     # No model case for these options (e.g. --preset sweep, --direction backward) leaves
     # this test skipped as "got empty parameter set", not a collection error.
     metafunc.parametrize("model_case", cases, ids=[c.id for c in cases])
