@@ -109,6 +109,13 @@ BLOCKING = [
     (2, 6, 9, 13, 8, 5, 2),
     (1, 4, 4, 11, 4, 3, 1),
     (1, 3, 3, 9, 2, 1, 0),
+    # rows dividing a vector in images taller than one fused row tile (512 pixels), with a
+    # last partial group of rows in the tile and in the image; one-pixel-wide rows
+    (1, 3, 5, 67, 8, 3, 1),
+    (1, 2, 3, 131, 4, 5, 2),
+    (1, 2, 2, 259, 2, 3, 1),
+    (2, 2, 3, 9, 1, 3, 1),
+    (1, 3, 4, 11, 8, 7, 3),
     # images smaller than the kernel, held only by the padding
     (2, 3, 4, 2, 3, 7, 3),
     (1, 2, 2, 1, 1, 3, 1),

@@ -418,77 +418,142 @@ static void FN(vh_rows_2pass)(REAL *restrict y, const REAL *rows, ptrdiff_t row0
     }
 }
 
-#if VBYTES == 64
-/* One register pass of V then H over interior output rows [ia, ib) (every V tap inside
- * the image) for "same" padding with W a multiple of LANES: each t2 vector is computed
- * once, kept in a register, and H's shifted windows are two-source lane permutes
- * (vpermt2ps) of the previous, current and next t2 vectors, so t2 never goes to memory
- * and H does no unaligned loads. AVX-512 only: there the permute is one instruction. */
-static inline __attribute__((always_inline)) void FN(vh1_k)(REAL *restrict y, const REAL *rows, ptrdiff_t row0,
-                                                            ptrdiff_t ia, ptrdiff_t ib, ptrdiff_t W, int k,
-                                                            ptrdiff_t p, const REAL *restrict V, REAL vb,
-                                                            const REAL *restrict Hw, REAL hb)
+/* The lane permutes of the register pass (vh_reg_k) for one layer, set up once per
+ * thread: R rows per vector (0: the pass does not apply; it needs AVX-512, "same"
+ * padding, k <= 7, W a multiple or a divisor of LANES) and, per H tap s (d = s - p):
+ *  - R == 1: lanes of prev (index < LANES) and cur, or of cur and next;
+ *  - R > 1: lanes of the same row, else lane 0 of the zero vector (index LANES). */
+typedef struct {
+    ptrdiff_t R;
+    IVEC idx[8];
+} FN(vhreg_t);
+
+static void FN(vh_reg_init)(FN(vhreg_t) *st, ptrdiff_t W, ptrdiff_t k, ptrdiff_t p)
 {
+    st->R = 0;
+#if VBYTES == 64
+    if (2 * p == k - 1 && k <= 7 && (W % LANES == 0 || LANES % W == 0)) st->R = W < LANES ? LANES / W : 1;
+#endif
+    if (!st->R) return;
+    for (ptrdiff_t s = 0; s < k; ++s) {
+        IREAL m[LANES];
+        ptrdiff_t d = s - p;
+        for (int l = 0; l < LANES; ++l) {
+            if (st->R == 1)
+                m[l] = (IREAL)(d < 0 ? LANES + d + l : d + l);
+            else
+                m[l] = (IREAL)(l % W + d >= 0 && l % W + d < W ? l + d : LANES);
+        }
+        memcpy(&st->idx[s], m, sizeof m);
+    }
+}
+
+#if VBYTES == 64
+/* V at one vector: vb + sum_r v[r] * src[r * stride + 0 .. LANES). */
+static inline __attribute__((always_inline)) VEC FN(vtap_k)(const REAL *src, ptrdiff_t stride, const VEC *v, int k,
+                                                            VEC vbv)
+{
+    VEC t = vbv;
+    for (int r = 0; r < k; ++r) t += v[r] * FN(vload)(src + r * stride);
+    return t;
+}
+
+/* One register pass of V then H over output rows [oa, ob) of one channel, for "same"
+ * padding (k odd, p = (k - 1) / 2, so OH = H and OW = W): each t2 vector is computed
+ * once and kept in a register, and H's shifted windows are lane permutes (vpermt2ps),
+ * so t2 never goes through memory and H does no unaligned reloads of values just
+ * stored (which stall on store forwarding, by a varying amount). AVX-512 only: there a
+ * two-source permute is one instruction.
+ *  - W a multiple of LANES: a row is W / LANES vectors; a window takes lanes from the
+ *    previous, current and next vector of the row (zero past the row ends).
+ *  - LANES a multiple of W: a vector holds LANES / W whole rows; a window takes lanes
+ *    of its own row, or of the zero vector past the row ends.
+ * t1 comes straight from `rows` (image row i at rows + (i - row0) * W) where every V tap
+ * of the vector lies inside the image and inside [oa, ob), or everywhere when `padded`:
+ * then `rows` holds zero rows for the padding (image rows -p .. H + p) and R - 1 rows
+ * of slack past the last one needed. Otherwise (image border, a last partial group of
+ * rows) t2 comes from vrow through `t2s` (LANES or W elements, aligned). */
+static inline __attribute__((always_inline)) void FN(vh_reg_k)(REAL *restrict y, const REAL *rows, ptrdiff_t row0,
+                                                               ptrdiff_t oa, ptrdiff_t ob, ptrdiff_t H, ptrdiff_t W,
+                                                               int k, const REAL *restrict V, REAL vb,
+                                                               const REAL *restrict Hw, REAL hb, REAL *restrict t2s,
+                                                               int padded, const FN(vhreg_t) *restrict st)
+{
+    const int p = (k - 1) / 2;
+    const ptrdiff_t R = st->R;
     VEC v[8], h[8];
     IVEC idx[8];
     for (int s = 0; s < k; ++s) {
         v[s] = (VEC){0} + V[s];
         h[s] = (VEC){0} + Hw[s];
-        IREAL m[LANES];
-        ptrdiff_t d = s - p;
-        for (int l = 0; l < LANES; ++l) m[l] = (IREAL)(d < 0 ? LANES + d + l : d + l);
-        memcpy(&idx[s], m, sizeof m);
+        idx[s] = st->idx[s];
     }
     const VEC zero = (VEC){0}, vbv = (VEC){0} + vb, hbv = (VEC){0} + hb;
-    ptrdiff_t nv = W / LANES;
-    for (ptrdiff_t o = ia; o < ib; ++o) {
-        const REAL *src = rows + (o - p - row0) * W;
-        REAL *yr = y + o * W;
-        VEC prev = zero, cur = vbv, next;
-        for (int r = 0; r < k; ++r) cur += v[r] * FN(vload)(src + r * W);
-        for (ptrdiff_t c = 0; c < nv; ++c) {
-            if (c + 1 < nv) {
-                next = vbv;
-                for (int r = 0; r < k; ++r) next += v[r] * FN(vload)(src + r * W + (c + 1) * LANES);
-            } else {
-                next = zero;
+    if (R == 1) {
+        ptrdiff_t nv = W / LANES;
+        for (ptrdiff_t o = oa; o < ob; ++o) {
+            const REAL *src = rows + (o - p - row0) * W;
+            int inside = padded || (o >= p && o - p + k <= H);
+            if (!inside) FN(vrow)(t2s, rows, row0, H, W, o, V, k, p, vb);
+#define FC_T2(c) (inside ? FN(vtap_k)(src + (c) * LANES, W, v, k, vbv) : *(const VEC *)(t2s + (c) * LANES))
+            REAL *yr = y + o * W;
+            VEC prev = zero, cur = FC_T2(0), next;
+            for (ptrdiff_t c = 0; c < nv; ++c) {
+                next = c + 1 < nv ? FC_T2(c + 1) : zero;
+                VEC acc = hbv;
+                for (int s = 0; s < k; ++s) {
+                    int d = s - p;
+                    VEC win = d < 0 ? __builtin_shuffle(prev, cur, idx[s]) : d > 0 ? __builtin_shuffle(cur, next, idx[s]) : cur;
+                    acc += h[s] * win;
+                }
+                FN(vstore)(yr + c * LANES, acc);
+                prev = cur;
+                cur = next;
             }
-            VEC acc = hbv;
-            for (int s = 0; s < k; ++s) {
-                ptrdiff_t d = s - p;
-                VEC win = d < 0 ? __builtin_shuffle(prev, cur, idx[s]) : d > 0 ? __builtin_shuffle(cur, next, idx[s]) : cur;
-                acc += h[s] * win;
-            }
-            FN(vstore)(yr + c * LANES, acc);
-            prev = cur;
-            cur = next;
+#undef FC_T2
+        }
+        return;
+    }
+    for (ptrdiff_t o = oa; o < ob; o += R) {
+        ptrdiff_t nrow = ob - o < R ? ob - o : R;
+        VEC t2;
+        if (padded || (nrow == R && o >= p && o + R - 1 - p + k <= H)) {
+            t2 = FN(vtap_k)(rows + (o - p - row0) * W, W, v, k, vbv);
+        } else {
+            *(VEC *)t2s = zero;
+            for (ptrdiff_t j = 0; j < nrow; ++j) FN(vrow)(t2s + j * W, rows, row0, H, W, o + j, V, k, p, vb);
+            t2 = *(const VEC *)t2s;
+        }
+        VEC acc = hbv;
+        for (int s = 0; s < k; ++s) acc += h[s] * (s == p ? t2 : __builtin_shuffle(t2, zero, idx[s]));
+        if (nrow == R) {
+            FN(vstore)(y + o * W, acc);
+        } else {
+            *(VEC *)t2s = acc;
+            memcpy(y + o * W, t2s, (size_t)(nrow * W) * sizeof(REAL));
         }
     }
 }
+
 #endif
 
-/* Output rows [oa, ob) of one channel, V then H (see vh_rows_2pass); the interior rows go
- * through the one-pass register kernel where it applies. */
+/* Output rows [oa, ob) of one channel, V then H: by the register pass where it applies
+ * (st->R > 0), else by vh_rows_2pass. `padded`: see vh_reg_k. */
 static void FN(vh_rows)(REAL *restrict y, const REAL *rows, ptrdiff_t row0, ptrdiff_t oa, ptrdiff_t ob, ptrdiff_t H,
                         ptrdiff_t W, ptrdiff_t k, ptrdiff_t p, const REAL *V, REAL vb, const REAL *Hw, REAL hb,
-                        REAL *scratch, const FN(hmask_t) *hm)
+                        REAL *scratch, const FN(hmask_t) *hm, const FN(vhreg_t) *st, int padded)
 {
 #if VBYTES == 64
-    if (2 * p == k - 1 && W % LANES == 0 && k <= 7 && p <= LANES) {
-        ptrdiff_t ia = oa > p ? oa : p, ib = ob < H - k + p + 1 ? ob : H - k + p + 1;
-        if (ib > ia) {
-            if (ia > oa) FN(vh_rows_2pass)(y, rows, row0, oa, ia, H, W, k, p, V, vb, Hw, hb, scratch, hm);
-            switch (k) {
-            case 1: FN(vh1_k)(y, rows, row0, ia, ib, W, 1, p, V, vb, Hw, hb); break;
-            case 3: FN(vh1_k)(y, rows, row0, ia, ib, W, 3, p, V, vb, Hw, hb); break;
-            case 5: FN(vh1_k)(y, rows, row0, ia, ib, W, 5, p, V, vb, Hw, hb); break;
-            default: FN(vh1_k)(y, rows, row0, ia, ib, W, 7, p, V, vb, Hw, hb); break;
-            }
-            if (ob > ib) FN(vh_rows_2pass)(y, rows, row0, ib, ob, H, W, k, p, V, vb, Hw, hb, scratch, hm);
-            return;
+    if (st->R) {
+        switch (k) {
+        case 1: FN(vh_reg_k)(y, rows, row0, oa, ob, H, W, 1, V, vb, Hw, hb, scratch, padded, st); return;
+        case 3: FN(vh_reg_k)(y, rows, row0, oa, ob, H, W, 3, V, vb, Hw, hb, scratch, padded, st); return;
+        case 5: FN(vh_reg_k)(y, rows, row0, oa, ob, H, W, 5, V, vb, Hw, hb, scratch, padded, st); return;
+        default: FN(vh_reg_k)(y, rows, row0, oa, ob, H, W, 7, V, vb, Hw, hb, scratch, padded, st); return;
         }
     }
 #endif
+    (void)padded;
     FN(vh_rows_2pass)(y, rows, row0, oa, ob, H, W, k, p, V, vb, Hw, hb, scratch, hm);
 }
 
@@ -783,6 +848,8 @@ static int FN(vh)(const REAL *t1, const REAL *V, const REAL *vb, const REAL *Hw,
         REAL *scratch = ws + omp_get_thread_num() * stride;
         FN(hmask_t) hm;
         FN(hsame_masks)(&hm, W, k, p);
+        FN(vhreg_t) st;
+        FN(vh_reg_init)(&st, W, k, p);
 #pragma omp for collapse(2) schedule(static)
         for (ptrdiff_t b = 0; b < B; ++b)
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -790,7 +857,7 @@ static int FN(vh)(const REAL *t1, const REAL *V, const REAL *vb, const REAL *Hw,
                 REAL *dst = y + (b * N + n) * OH * OW;
                 for (ptrdiff_t o0 = 0; o0 < OH; o0 += TH)
                     FN(vh_rows)(dst, src, 0, o0, o0 + TH < OH ? o0 + TH : OH, H, W, k, p, V + n * k, vb[n],
-                                Hw + n * k, hb[n], scratch, &hm);
+                                Hw + n * k, hb[n], scratch, &hm, &st, 0);
             }
     }
     free(ws);
@@ -800,7 +867,9 @@ static int FN(vh)(const REAL *t1, const REAL *V, const REAL *vb, const REAL *Hw,
 /* The fused forward. A task is (image b, block of NB output channels); it walks the
  * image in tiles of TH output rows. For each tile the lateral GEMM computes only the
  * t1 rows not yet computed into a small buffer (t1_out instead, when training), keeping
- * the k - 1 halo rows of the previous tile, then V and H run on the tile and write y. */
+ * the k - 1 halo rows of the previous tile, then V and H run on the tile and write y.
+ * Where the register pass applies, the buffer also holds V's zero padding rows (t1 is
+ * padded after its bias), so every vector of the pass loads t1 directly. */
 static int FN(fused_forward)(const REAL *x, const REAL *L, const REAL *lb, const REAL *V, const REAL *vb,
                              const REAL *Hw, const REAL *hb, REAL *y, REAL *t1_out, ptrdiff_t B, ptrdiff_t C,
                              ptrdiff_t N, ptrdiff_t H, ptrdiff_t W, ptrdiff_t k, ptrdiff_t p)
@@ -809,7 +878,11 @@ static int FN(fused_forward)(const REAL *x, const REAL *L, const REAL *lb, const
     int nt = omp_get_max_threads();
     ptrdiff_t TH = FUSED_PIX / W > 1 ? FUSED_PIX / W : 1;
     if (TH > OH) TH = OH;
-    ptrdiff_t cs = FN(round_up)((TH + k - 1) * W, 16); /* buffer stride between channels */
+    FN(vhreg_t) st0;
+    FN(vh_reg_init)(&st0, W, k, p);
+    ptrdiff_t R = st0.R;
+    int padded = !t1_out && R > 0; /* the buffer holds zero rows for the padding, plus R - 1 of slack */
+    ptrdiff_t cs = FN(round_up)((TH + k - 1 + (padded ? R : 0)) * W, 16); /* buffer stride between channels */
     /* Channels per task: all of them if the tile buffer stays within FUSED_BUF elements,
      * fewer when there would be too few tasks for the threads. */
     ptrdiff_t NB = FN(round_up)(N, MR), cap = FUSED_BUF / cs / MR * MR;
@@ -836,6 +909,7 @@ static int FN(fused_forward)(const REAL *x, const REAL *L, const REAL *lb, const
         REAL *bp = ws + omp_get_thread_num() * stride, *buf = bp + (ptrdiff_t)KC * NC, *row = buf + lbuf;
         FN(hmask_t) hm;
         FN(hsame_masks)(&hm, W, k, p);
+        FN(vhreg_t) st = st0; /* a copy per thread, on its own stack */
         /* L packed once per call, shared by every task */
 #pragma omp for schedule(static)
         for (ptrdiff_t i0 = 0; i0 < N; i0 += MR)
@@ -848,11 +922,16 @@ static int FN(fused_forward)(const REAL *x, const REAL *L, const REAL *lb, const
             const REAL *xb = x + b * C * P;
             REAL *dst = t1_out ? t1_out + (b * N + n0) * P : buf;
             ptrdiff_t dcs = t1_out ? P : cs;
-            ptrdiff_t row0 = 0, have = 0; /* dst row 0 holds image row row0; rows < have are computed */
+            /* dst row 0 holds image row row0; rows < have are filled (rows outside the
+             * image, only when padded, with zeros) */
+            ptrdiff_t row0 = padded ? -p : 0, have = row0;
             for (ptrdiff_t o0 = 0; o0 < OH; o0 += TH) {
                 ptrdiff_t nro = OH - o0 < TH ? OH - o0 : TH;
-                ptrdiff_t lo = o0 - p > 0 ? o0 - p : 0;
-                ptrdiff_t hi = o0 + nro - 1 - p + k < H ? o0 + nro - 1 - p + k : H;
+                ptrdiff_t lo = o0 - p, hi = o0 + nro - 1 - p + k; /* image rows this tile reads */
+                if (!padded) {
+                    lo = lo > 0 ? lo : 0;
+                    hi = hi < H ? hi : H;
+                }
                 if (!t1_out && lo > row0) { /* slide the halo rows to the front of the buffer */
                     if (have > lo)
                         for (ptrdiff_t n = 0; n < nbv; ++n)
@@ -862,14 +941,23 @@ static int FN(fused_forward)(const REAL *x, const REAL *L, const REAL *lb, const
                     row0 = lo;
                 }
                 ptrdiff_t start = lo > have ? lo : have;
-                if (hi > start)
-                    FN(gemm)(nbv, (hi - start) * W, C, ap, xb + start * W, P, 1, dst + (start - row0) * W, dcs,
-                             lb + n0, 0, bp);
+                ptrdiff_t ga = start > 0 ? start : 0, gb = hi < H ? hi : H; /* rows inside the image */
+                if (gb > ga)
+                    FN(gemm)(nbv, (gb - ga) * W, C, ap, xb + ga * W, P, 1, dst + (ga - row0) * W, dcs, lb + n0, 0,
+                             bp);
+                for (ptrdiff_t n = 0; n < nbv && padded; ++n) { /* padding rows above and below the image */
+                    REAL *d = dst + n * dcs - row0 * W;
+                    if (start < 0) memset(d + start * W, 0, (size_t)((0 < hi ? -start : hi - start) * W) * sizeof(REAL));
+                    if (hi > H) {
+                        ptrdiff_t z = start > H ? start : H;
+                        memset(d + z * W, 0, (size_t)((hi - z) * W) * sizeof(REAL));
+                    }
+                }
                 if (hi > have) have = hi;
                 for (ptrdiff_t n = 0; n < nbv; ++n) {
                     ptrdiff_t c = n0 + n;
                     FN(vh_rows)(y + (b * N + c) * OH * OW, dst + n * dcs, row0, o0, o0 + nro, H, W, k, p, V + c * k,
-                                vb[c], Hw + c * k, hb[c], row, &hm);
+                                vb[c], Hw + c * k, hb[c], row, &hm, &st, padded);
                 }
             }
         }
