@@ -146,6 +146,23 @@ def test_small_grid_every_isa(name, dtype, isa):
             _assert_close(impls.get(name), x, params, p, gy)
 
 
+
+@pytest.mark.parametrize("isa", _supported_isas())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_fused_weights_prepared_under_another_isa(isa, dtype):
+    """`openmp_fused` packs L at prepare for the register tile of the ISA then in use; a
+    forward under another ISA (another tile height) must notice and pack again."""
+    impl = impls.get("openmp_fused")
+    x, params, _ = _case(2, 5, 13, 9, 16, 3, 1, dtype, seed=3)
+    prepared = impl.prepare(params)
+    assert prepared.extra["lateral_packed_mr"] > 0
+    want = reference.forward(x.double(), params.to(dtype=torch.float64), 1)
+    with _isa(isa):
+        got = impl.forward(x, prepared, 1)
+        got_train, _ = impl.forward_train(x, prepared, 1)
+    for y in (got, got_train):
+        assert verify.relative_error(y, want) <= verify.TOLERANCE[dtype]
+
 @pytest.mark.parametrize("name", NAMES)
 def test_non_contiguous_input(name):
     impl = impls.get(name)

@@ -181,12 +181,31 @@ class OpenMPFused(_OpenMPBase):
     description = ("C + OpenMP via cffi: lateral GEMM a row tile at a time into a cache-resident buffer, "
                    "V and H applied on the tile; no full-size intermediate in inference")
 
-    def _fused(self, x, prm, p, y, t1_out):
+    def _prepare(self, params):
+        # L packed into the GEMM's register-tile panels once, as inference engines reorder
+        # weights once; the C side repacks per call if the instruction set (so the tile
+        # height) changed since
+        ext = _ext.load()
+        if ext.reason is not None:
+            return {}
+        fn, ptr = self._binding(params.dtype)
+        sizes = ext.ffi.new("int[5]")
+        ext.lib.fc_block_sizes(ext.lib.fc_isa(), params.dtype.itemsize, sizes)
+        mr, n, c = sizes[0], params.out_channels, params.in_channels
+        packed = params.lateral.new_empty(-(-n // mr) * mr * c)
+        if fn("pack_lateral")(ptr(params.lateral), n, c, ptr(packed)) != mr:  # the ISA changed meanwhile
+            return {}
+        return {"lateral_packed": packed, "lateral_packed_mr": mr}
+
+    def _fused(self, x, prepared, p, y, t1_out):
         fn, ptr = self._binding(x.dtype)
+        prm, extra, null = prepared.params, prepared.extra, _ext.load().ffi.NULL
         b, c, n, h, w, k, p, oh, ow = self._dims(x, prm, p)
-        self._call(fn("fused_forward"), ptr(x), ptr(prm.lateral), ptr(prm.lateral_bias), ptr(prm.vertical),
+        packed = extra.get("lateral_packed")
+        self._call(fn("fused_forward"), ptr(x), ptr(prm.lateral), ptr(packed) if packed is not None else null,
+                   extra.get("lateral_packed_mr", 0), ptr(prm.lateral_bias), ptr(prm.vertical),
                    ptr(prm.vertical_bias), ptr(prm.horizontal), ptr(prm.horizontal_bias), ptr(y),
-                   ptr(t1_out) if t1_out is not None else _ext.load().ffi.NULL, b, c, n, h, w, k, p)
+                   ptr(t1_out) if t1_out is not None else null, b, c, n, h, w, k, p)
 
     def _vh(self, prm, t1, y, p):
         fn, ptr = self._binding(t1.dtype)
@@ -200,14 +219,14 @@ class OpenMPFused(_OpenMPBase):
         prm = prepared.params
         b, c, n, h, w, k, p, oh, ow = self._dims(x, prm, padding)
         y = x.new_empty(b, n, oh, ow)
-        self._fused(x, prm, padding, y, None)
+        self._fused(x, prepared, padding, y, None)
         return y
 
     def _forward_train(self, x, prepared, padding):
         prm = prepared.params
         b, c, n, h, w, k, p, oh, ow = self._dims(x, prm, padding)
         y, t1 = x.new_empty(b, n, oh, ow), x.new_empty(b, n, h, w)
-        self._fused(x, prm, padding, y, t1)
+        self._fused(x, prepared, padding, y, t1)
         return y, {"t1": t1}
 
     def _backward(self, saved: Saved, gy):

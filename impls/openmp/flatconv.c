@@ -242,11 +242,12 @@ int fc_block_sizes(int isa, int dtype_bytes, int *out)
     {                                                                                                            \
         DISPATCH(vh, T, t1, V, vb, Hw, hb, y, B, N, H, W, k, p);                                                 \
     }                                                                                                            \
-    int fc_fused_forward_##T(const R *x, const R *L, const R *lb, const R *V, const R *vb, const R *Hw,          \
-                             const R *hb, R *y, R *t1_out, int64_t B, int64_t C, int64_t N, int64_t H,           \
-                             int64_t W, int64_t k, int64_t p)                                                    \
+    int fc_pack_lateral_##T(const R *L, int64_t N, int64_t C, R *out) { DISPATCH(pack_lateral, T, L, N, C, out); } \
+    int fc_fused_forward_##T(const R *x, const R *L, const R *L_packed, int packed_mr, const R *lb, const R *V,  \
+                             const R *vb, const R *Hw, const R *hb, R *y, R *t1_out, int64_t B, int64_t C,       \
+                             int64_t N, int64_t H, int64_t W, int64_t k, int64_t p)                              \
     {                                                                                                            \
-        DISPATCH(fused_forward, T, x, L, lb, V, vb, Hw, hb, y, t1_out, B, C, N, H, W, k, p);                     \
+        DISPATCH(fused_forward, T, x, L, L_packed, packed_mr, lb, V, vb, Hw, hb, y, t1_out, B, C, N, H, W, k, p); \
     }                                                                                                            \
     int fc_horizontal_backward_##T(const R *gy, const R *t2, const R *Hw, R *g_t2, R *g_hw, R *g_hb, int64_t B,  \
                                    int64_t N, int64_t OH, int64_t W, int64_t k, int64_t p)                       \

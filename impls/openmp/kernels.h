@@ -864,15 +864,27 @@ static int FN(vh)(const REAL *t1, const REAL *V, const REAL *vb, const REAL *Hw,
     return 0;
 }
 
+/* L (N x C) packed for the GEMM as the fused forward uses it: ceil(N / MR) panels of
+ * C x MR, panel i0 at out + i0 * C. Returns MR, which the layout depends on. */
+static int FN(pack_lateral)(const REAL *L, ptrdiff_t N, ptrdiff_t C, REAL *out)
+{
+#pragma omp parallel for schedule(static)
+    for (ptrdiff_t i0 = 0; i0 < N; i0 += MR) FN(pack_a)(N - i0 < MR ? N - i0 : MR, C, L + i0 * C, C, 1, out + i0 * C);
+    return MR;
+}
+
 /* The fused forward. A task is (image b, block of NB output channels); it walks the
  * image in tiles of TH output rows. For each tile the lateral GEMM computes only the
  * t1 rows not yet computed into a small buffer (t1_out instead, when training), keeping
  * the k - 1 halo rows of the previous tile, then V and H run on the tile and write y.
  * Where the register pass applies, the buffer also holds V's zero padding rows (t1 is
- * padded after its bias), so every vector of the pass loads t1 directly. */
-static int FN(fused_forward)(const REAL *x, const REAL *L, const REAL *lb, const REAL *V, const REAL *vb,
-                             const REAL *Hw, const REAL *hb, REAL *y, REAL *t1_out, ptrdiff_t B, ptrdiff_t C,
-                             ptrdiff_t N, ptrdiff_t H, ptrdiff_t W, ptrdiff_t k, ptrdiff_t p)
+ * padded after its bias), so every vector of the pass loads t1 directly.
+ * `L_packed` is L as pack_lateral left it with panels of `packed_mr` rows (done once,
+ * when the weights are prepared); if it is NULL or packed for another register tile, L
+ * is packed here. */
+static int FN(fused_forward)(const REAL *x, const REAL *L, const REAL *L_packed, int packed_mr, const REAL *lb,
+                             const REAL *V, const REAL *vb, const REAL *Hw, const REAL *hb, REAL *y, REAL *t1_out,
+                             ptrdiff_t B, ptrdiff_t C, ptrdiff_t N, ptrdiff_t H, ptrdiff_t W, ptrdiff_t k, ptrdiff_t p)
 {
     ptrdiff_t OH = H + 2 * p - k + 1, OW = W + 2 * p - k + 1, P = H * W, stride;
     int nt = omp_get_max_threads();
@@ -895,10 +907,10 @@ static int FN(fused_forward)(const REAL *x, const REAL *L, const REAL *lb, const
     ptrdiff_t nblk = (N + NB - 1) / NB;
     ptrdiff_t lbuf = t1_out ? 0 : NB * cs;
     ptrdiff_t lrow = FN(round_up)(TH * W + 2 * FN(round_up)(k, 16) + 32, 16);
-    ptrdiff_t la = FN(round_up)(N, MR) * C;
+    int prepacked = L_packed && packed_mr == MR;
     void *apv = NULL;
-    if (posix_memalign(&apv, 64, (size_t)la * sizeof(REAL)) != 0) return 1;
-    REAL *ap_all = (REAL *)apv;
+    if (!prepacked && posix_memalign(&apv, 64, (size_t)(FN(round_up)(N, MR) * C) * sizeof(REAL)) != 0) return 1;
+    const REAL *ap_all = prepacked ? L_packed : (const REAL *)apv;
     REAL *ws = FN(alloc_ws)((ptrdiff_t)KC * NC + lbuf + lrow, nt, &stride);
     if (!ws) {
         free(apv);
@@ -910,10 +922,11 @@ static int FN(fused_forward)(const REAL *x, const REAL *L, const REAL *lb, const
         FN(hmask_t) hm;
         FN(hsame_masks)(&hm, W, k, p);
         FN(vhreg_t) st = st0; /* a copy per thread, on its own stack */
-        /* L packed once per call, shared by every task */
+        if (!prepacked) { /* L packed once per call, shared by every task */
 #pragma omp for schedule(static)
-        for (ptrdiff_t i0 = 0; i0 < N; i0 += MR)
-            FN(pack_a)(N - i0 < MR ? N - i0 : MR, C, L + i0 * C, C, 1, ap_all + i0 * C);
+            for (ptrdiff_t i0 = 0; i0 < N; i0 += MR)
+                FN(pack_a)(N - i0 < MR ? N - i0 : MR, C, L + i0 * C, C, 1, (REAL *)apv + i0 * C);
+        }
 #pragma omp for schedule(static)
         for (ptrdiff_t task = 0; task < B * nblk; ++task) {
             ptrdiff_t b = task / nblk, n0 = (task % nblk) * NB;
