@@ -5,7 +5,13 @@ baseline implementation, and append every record to a JSON-lines file.
     python -m bench run --preset paper --impl torch,openmp,openmp_fused --device cpu \
         --direction forward,train,stages --baseline torch --results /tmp/run.jsonl
     python -m bench run --preset paper --impl openmp_fused --threads 1,2 --direction forward
+    python -m bench run --preset paper --impl openmp,openmp_fused --direction forward --interleave 5
     python -m bench list --preset paper --device cpu
+
+With --interleave N, the cases that the ratio column compares (every implementation of
+one layer, direction and thread count) are measured together in N passes, in a shuffled
+order each pass, and their calls pooled (harness.measure_interleaved): on a machine whose
+speed drifts, their ratios then compare the same stretches of time.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--results", default=None, help="append records to this .jsonl file")
     run.add_argument("--baseline", default="torch", help="implementation the ratio column compares with")
     run.add_argument("--min-time", type=float, default=0.5, help="seconds of timed calls per case")
+    run.add_argument("--interleave", type=int, default=1, metavar="N",
+                     help="measure the implementations of each layer/direction together in N shuffled passes")
     return ap
 
 
@@ -52,24 +60,42 @@ def main(argv=None) -> int:
         for c in cases:
             print(c.id)
         return 0
+    if args.interleave < 1:
+        print("--interleave: expected a count >= 1", file=sys.stderr)
+        return 2
     threads_list = [int(t) for t in harness.split_csv(args.threads)] or [None]
     writer = harness.ResultsWriter(args.results)
     results = []
     total = len(cases) * len(threads_list)
     start = time.perf_counter()
-    for i, (case, threads) in enumerate(((c, t) for c in cases for t in threads_list), 1):
-        rec = harness.measure(case, threads=threads, min_time=args.min_time)
-        writer.write(rec)
-        results.append(rec)
-        shown = rec.get("time_median")
-        note = _fmt_time(shown) if rec["status"] == "ok" else f"{rec['status']}: {rec['reason']}"
-        thr = f" threads={rec['machine'].get('threads')}" if threads else ""
-        print(f"[{i}/{total} {time.perf_counter() - start:6.1f}s] {case.id}{thr}  {note}", flush=True)
+    for group, threads in _groups(cases, threads_list, args.interleave > 1):
+        if args.interleave > 1:
+            recs = harness.measure_interleaved(group, passes=args.interleave, threads=threads, min_time=args.min_time)
+        else:
+            recs = [harness.measure(group[0], threads=threads, min_time=args.min_time)]
+        for case, rec in zip(group, recs):
+            writer.write(rec)
+            results.append(rec)
+            shown = rec.get("time_median")
+            note = _fmt_time(shown) if rec["status"] == "ok" else f"{rec['status']}: {rec['reason']}"
+            thr = f" threads={rec['machine'].get('threads')}" if threads else ""
+            print(f"[{len(results)}/{total} {time.perf_counter() - start:6.1f}s] {case.id}{thr}  {note}", flush=True)
     _print_table(results, args.baseline)
     ok = sum(r["status"] == "ok" for r in results)
     print(f"\n{ok} measured, {sum(r['status'] == 'failed' for r in results)} failed, "
           f"{sum(r['status'] == 'skipped' for r in results)} skipped" + (f"; records in {args.results}" if args.results else ""))
     return 0 if all(r["status"] != "failed" for r in results) else 1
+
+
+def _groups(cases, threads_list, together):
+    """(cases, threads) to measure at once: one case each, or (together) every
+    implementation of one layer, dtype and direction, at one thread count."""
+    if not together:
+        return [([c], t) for c in cases for t in threads_list]
+    groups: dict = {}
+    for c in cases:
+        groups.setdefault(c.group, []).append(c)
+    return [(g, t) for g in groups.values() for t in threads_list]
 
 
 def _print_table(results, baseline):

@@ -14,9 +14,11 @@ import ctypes
 import dataclasses
 import datetime
 import functools
+import gc
 import json
 import math
 import os
+import random
 import statistics
 import subprocess
 import time
@@ -291,9 +293,34 @@ def summarize(times: list[float]) -> dict:
     }
 
 
+@contextlib.contextmanager
+def _gc_paused():
+    """Python's cyclic garbage collector off while timing (timeit's and asv's convention;
+    pytest-benchmark's --benchmark-disable-gc): a collection landing in one call would
+    time the interpreter, not the case."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def measure_time(bench: Bench, *, min_time: float = 0.3, min_rounds: int = 5, max_rounds: int = 1000) -> dict:
-    """Per-call seconds over rounds: perf_counter on the CPU, CUDA events on a GPU
-    (one event pair per call, so the launch overhead of this call is included)."""
+    """Per-call seconds over rounds, summarised (see time_calls)."""
+    return summarize(time_calls(bench, min_time=min_time, min_rounds=min_rounds, max_rounds=max_rounds))
+
+
+def time_calls(bench: Bench, *, min_time: float = 0.3, min_rounds: int = 5, max_rounds: int = 1000) -> list[float]:
+    """Per-call seconds for at least `min_rounds` calls and `min_time` seconds: perf_counter
+    on the CPU, CUDA events on a GPU (one event pair per call, so the launch overhead of
+    this call is included). The garbage collector is paused meanwhile."""
+    with _gc_paused():
+        return _time_calls(bench, min_time, min_rounds, max_rounds)
+
+
+def _time_calls(bench: Bench, min_time: float, min_rounds: int, max_rounds: int) -> list[float]:
     times: list[float] = []
     start = time.perf_counter()
     if bench.case.device == "cuda":
@@ -314,7 +341,7 @@ def measure_time(bench: Bench, *, min_time: float = 0.3, min_rounds: int = 5, ma
             t0 = time.perf_counter()
             call()
             times.append(time.perf_counter() - t0)
-    return summarize(times)
+    return times
 
 
 def measure_graph_time(bench: Bench, *, replays: int = 20, repeats: int = 7) -> tuple[float | None, str | None]:
@@ -572,37 +599,88 @@ class ResultsWriter:
             os.fsync(f.fileno())
 
 
+def _set_up(case, threads, setup, make_record):
+    """(bench, None), or (None, the skipped/failed record saying why not)."""
+    try:
+        return setup(case, threads), None
+    except Unavailable as e:
+        return None, make_record(case, status="skipped", reason=str(e))
+    except GateFailed as e:
+        return None, make_record(case, status="failed", reason=str(e))
+    except Exception as e:  # noqa: BLE001 - a crash of one implementation must not end the sweep
+        return None, _failed(case, e, None, make_record)
+
+
+def _failed(case, e, bench, make_record):
+    _reset_after_error(case.device)
+    return make_record(case, status="failed", reason=f"{type(e).__name__}: {e}".splitlines()[0][:500], bench=bench)
+
+
+def _finish(case, bench, stats, make_record, graph):
+    """The record of a timed case, with graph replay time, peak memory and kernels."""
+    try:
+        graph_time, note = measure_graph_time(bench) if graph else (None, None)
+        peak, method = peak_bytes(bench)
+        kernels = kernels_ran(bench)
+    except Exception as e:  # noqa: BLE001 - out of memory, a kernel fault: record and go on
+        return _failed(case, e, bench, make_record)
+    return make_record(case, status="ok", stats=stats, bench=bench, peak=peak, peak_method=method,
+                       graph_time=graph_time, graph_note=note, kernels=kernels)
+
+
 def measure(case: Case, *, threads: int | None = None, min_time: float = 0.3, graph: bool = True,
             setup=None, make_record=None) -> dict:
     """Set up, gate, time and measure one case with the harness's own timers and return
     its record; a case that cannot run or fails returns a skipped/failed record instead
     of raising, so a sweep always goes on. `setup` and `make_record` default to the layer
     case's (setup_case, record); the model table passes its own."""
-    setup = setup or setup_case
-    make_record = make_record or record
-
-    def failure(e, bench=None):
-        _reset_after_error(case.device)
-        return make_record(case, status="failed", reason=f"{type(e).__name__}: {e}".splitlines()[0][:500], bench=bench)
-
-    try:
-        bench = setup(case, threads)
-    except Unavailable as e:
-        return make_record(case, status="skipped", reason=str(e))
-    except GateFailed as e:
-        return make_record(case, status="failed", reason=str(e))
-    except Exception as e:  # noqa: BLE001 - a crash of one implementation must not end the sweep
-        return failure(e)
+    setup, make_record = setup or setup_case, make_record or record
+    bench, rec = _set_up(case, threads, setup, make_record)
+    if rec is not None:
+        return rec
     try:
         stats = measure_time(bench, min_time=min_time)
         stats["time_repeat_median"] = measure_time(bench, min_time=min_time / 3)["time_median"]
-        graph_time, note = measure_graph_time(bench) if graph else (None, None)
-        peak, method = peak_bytes(bench)
-        kernels = kernels_ran(bench)
-    except Exception as e:  # noqa: BLE001 - out of memory, a kernel fault: record and go on
-        return failure(e, bench)
-    return make_record(case, status="ok", stats=stats, bench=bench, peak=peak, peak_method=method,
-                       graph_time=graph_time, graph_note=note, kernels=kernels)
+    except Exception as e:  # noqa: BLE001
+        return _failed(case, e, bench, make_record)
+    return _finish(case, bench, stats, make_record, graph)
+
+
+def measure_interleaved(cases, *, passes: int, threads: int | None = None, min_time: float = 0.3,
+                        graph: bool = True, seed: int = 0, setup=None, make_record=None) -> list[dict]:
+    """Measure cases that are compared with each other (the implementations of one layer
+    and direction) in `passes` passes, each pass timing every case for min_time / passes
+    seconds in a freshly shuffled order, and pool the calls: Google Benchmark's random
+    interleaving. A machine that slows down for a while (a shared or virtual machine does)
+    then slows every case of the group alike instead of whichever ran at that moment, so
+    their ratios hold. Returns one record per case, in order; the records carry
+    `interleave_passes` and `time_pass_medians`, and `time_repeat_median` is the median
+    of the second half of the passes."""
+    setup, make_record = setup or setup_case, make_record or record
+    records, benches = {}, {}
+    for i, case in enumerate(cases):
+        benches[i], rec = _set_up(case, threads, setup, make_record)
+        if rec is not None:
+            records[i] = rec
+    per_pass = {i: [] for i in benches if i not in records}
+    rng = random.Random(seed)
+    for _ in range(passes):
+        order = [i for i in per_pass if i not in records]
+        rng.shuffle(order)
+        for i in order:
+            try:
+                per_pass[i].append(time_calls(benches[i], min_time=min_time / passes, min_rounds=3))
+            except Exception as e:  # noqa: BLE001
+                records[i] = _failed(cases[i], e, benches[i], make_record)
+    for i, runs in per_pass.items():
+        if i in records:
+            continue
+        stats = summarize([t for run in runs for t in run])
+        stats["time_repeat_median"] = statistics.median([t for run in runs[len(runs) // 2:] for t in run])
+        stats["interleave_passes"] = passes
+        stats["time_pass_medians"] = [statistics.median(run) for run in runs]
+        records[i] = _finish(cases[i], benches[i], stats, make_record, graph)
+    return [records[i] for i in range(len(cases))]
 
 
 def split_csv(value: str | None) -> list[str]:
