@@ -116,6 +116,13 @@ BLOCKING = [
     (1, 2, 2, 259, 2, 3, 1),
     (2, 2, 3, 9, 1, 3, 1),
     (1, 3, 4, 11, 8, 7, 3),
+    # the fused forward in the GEMM's epilogue: images shorter than the kernel, a row that
+    # is not a whole number of register tiles, and the fallbacks (C > KC, W > NC)
+    (1, 2, 3, 1, 16, 3, 1),
+    (2, 3, 9, 2, 32, 5, 2),
+    (1, 4, 10, 7, 80, 3, 1),
+    (1, 300, 9, 5, 16, 3, 1),
+    (1, 2, 3, 3, 528, 3, 1),
     # images smaller than the kernel, held only by the padding
     (2, 3, 4, 2, 3, 7, 3),
     (1, 2, 2, 1, 1, 3, 1),

@@ -458,21 +458,51 @@ static inline __attribute__((always_inline)) VEC FN(vtap_k)(const REAL *src, ptr
     return t;
 }
 
+/* One output row of V then H for W a multiple of LANES, "same" padding: t2 vector c is
+ * vb + sum_r v[r] * rowp[r][c] (rowp[r]: t1 row o - p + r, or a row of zeros outside the
+ * image), kept in a register; H's windows are permutes of the previous, current and next
+ * t2 vectors (idx from vh_reg_init, R == 1). */
+static inline __attribute__((always_inline)) void FN(vh_row_k)(REAL *restrict yr, const REAL *const *rowp, ptrdiff_t W,
+                                                               int k, const VEC *v, const VEC *h, const IVEC *idx,
+                                                               VEC vbv, VEC hbv)
+{
+    const int p = (k - 1) / 2;
+    const VEC zero = (VEC){0};
+    ptrdiff_t nv = W / LANES;
+#define FC_T2(c) ({ VEC t_ = vbv; for (int r_ = 0; r_ < k; ++r_) t_ += v[r_] * FN(vload)(rowp[r_] + (c) * LANES); t_; })
+    VEC prev = zero, cur = FC_T2(0), next;
+    for (ptrdiff_t c = 0; c < nv; ++c) {
+        next = c + 1 < nv ? FC_T2(c + 1) : zero;
+        VEC acc = hbv;
+        for (int s = 0; s < k; ++s) {
+            int d = s - p;
+            VEC win = d < 0 ? __builtin_shuffle(prev, cur, idx[s]) : d > 0 ? __builtin_shuffle(cur, next, idx[s]) : cur;
+            acc += h[s] * win;
+        }
+        FN(vstore)(yr + c * LANES, acc);
+        prev = cur;
+        cur = next;
+    }
+#undef FC_T2
+}
+
 /* One register pass of V then H over output rows [oa, ob) of one channel, for "same"
  * padding (k odd, p = (k - 1) / 2, so OH = H and OW = W): each t2 vector is computed
  * once and kept in a register, and H's shifted windows are lane permutes (vpermt2ps),
  * so t2 never goes through memory and H does no unaligned reloads of values just
  * stored (which stall on store forwarding, by a varying amount). AVX-512 only: there a
  * two-source permute is one instruction.
- *  - W a multiple of LANES: a row is W / LANES vectors; a window takes lanes from the
- *    previous, current and next vector of the row (zero past the row ends).
+ *  - W a multiple of LANES (vh_row_k): a row is W / LANES vectors; a window takes lanes
+ *    from the previous, current and next vector of the row (zero past the row ends).
+ *    t1 rows outside the image are read as a row of zeros put in `t2s`.
  *  - LANES a multiple of W: a vector holds LANES / W whole rows; a window takes lanes
- *    of its own row, or of the zero vector past the row ends.
- * t1 comes straight from `rows` (image row i at rows + (i - row0) * W) where every V tap
- * of the vector lies inside the image and inside [oa, ob), or everywhere when `padded`:
- * then `rows` holds zero rows for the padding (image rows -p .. H + p) and R - 1 rows
- * of slack past the last one needed. Otherwise (image border, a last partial group of
- * rows) t2 comes from vrow through `t2s` (LANES or W elements, aligned). */
+ *    of its own row, or of the zero vector past the row ends. A vector whose V taps all
+ *    lie inside the image and inside [oa, ob) loads t1 straight from `rows`; the others
+ *    (image border, a last partial group of rows) get t2 from vrow through `t2s`.
+ * `rows` holds image row i at rows + (i - row0) * W; when `padded`, it also holds zero
+ * rows for the padding (image rows -p .. H + p) and R - 1 rows of slack past the last
+ * one needed, so every vector loads t1 straight from it. `t2s`: max(W, LANES) elements,
+ * aligned. */
 static inline __attribute__((always_inline)) void FN(vh_reg_k)(REAL *restrict y, const REAL *rows, ptrdiff_t row0,
                                                                ptrdiff_t oa, ptrdiff_t ob, ptrdiff_t H, ptrdiff_t W,
                                                                int k, const REAL *restrict V, REAL vb,
@@ -489,28 +519,16 @@ static inline __attribute__((always_inline)) void FN(vh_reg_k)(REAL *restrict y,
         idx[s] = st->idx[s];
     }
     const VEC zero = (VEC){0}, vbv = (VEC){0} + vb, hbv = (VEC){0} + hb;
-    if (R == 1) {
-        ptrdiff_t nv = W / LANES;
+    if (R == 1) { /* rows outside the image read a row of zeros */
+        int zeroed = 0;
         for (ptrdiff_t o = oa; o < ob; ++o) {
-            const REAL *src = rows + (o - p - row0) * W;
-            int inside = padded || (o >= p && o - p + k <= H);
-            if (!inside) FN(vrow)(t2s, rows, row0, H, W, o, V, k, p, vb);
-#define FC_T2(c) (inside ? FN(vtap_k)(src + (c) * LANES, W, v, k, vbv) : *(const VEC *)(t2s + (c) * LANES))
-            REAL *yr = y + o * W;
-            VEC prev = zero, cur = FC_T2(0), next;
-            for (ptrdiff_t c = 0; c < nv; ++c) {
-                next = c + 1 < nv ? FC_T2(c + 1) : zero;
-                VEC acc = hbv;
-                for (int s = 0; s < k; ++s) {
-                    int d = s - p;
-                    VEC win = d < 0 ? __builtin_shuffle(prev, cur, idx[s]) : d > 0 ? __builtin_shuffle(cur, next, idx[s]) : cur;
-                    acc += h[s] * win;
-                }
-                FN(vstore)(yr + c * LANES, acc);
-                prev = cur;
-                cur = next;
+            const REAL *rowp[8];
+            for (int r = 0; r < k; ++r) {
+                ptrdiff_t i = o - p + r;
+                rowp[r] = padded || (i >= 0 && i < H) ? rows + (i - row0) * W : t2s;
+                if (rowp[r] == t2s && !zeroed++) memset(t2s, 0, (size_t)W * sizeof(REAL));
             }
-#undef FC_T2
+            FN(vh_row_k)(y + o * W, rowp, W, k, v, h, idx, vbv, hbv);
         }
         return;
     }
