@@ -123,6 +123,11 @@ BLOCKING = [
     (1, 4, 10, 7, 80, 3, 1),
     (1, 300, 9, 5, 16, 3, 1),
     (1, 2, 3, 3, 528, 3, 1),
+    # enough channels that the fused forward's buffer cannot take taller tiles: several
+    # row tiles with their halo, on the register path (W = 8, W = 32) and the generic one
+    (1, 3, 200, 140, 8, 3, 1),
+    (1, 2, 100, 40, 32, 5, 2),
+    (1, 3, 200, 70, 9, 7, 6),
     # images smaller than the kernel, held only by the padding
     (2, 3, 4, 2, 3, 7, 3),
     (1, 2, 2, 1, 1, 3, 1),

@@ -906,13 +906,22 @@ static int FN(fused_forward)(const REAL *x, const REAL *L, const REAL *L_packed,
 {
     ptrdiff_t OH = H + 2 * p - k + 1, OW = W + 2 * p - k + 1, P = H * W, stride;
     int nt = omp_get_max_threads();
-    ptrdiff_t TH = FUSED_PIX / W > 1 ? FUSED_PIX / W : 1;
-    if (TH > OH) TH = OH;
     FN(vhreg_t) st0;
     FN(vh_reg_init)(&st0, W, k, p);
     ptrdiff_t R = st0.R;
     int padded = !t1_out && R > 0; /* the buffer holds zero rows for the padding, plus R - 1 of slack */
-    ptrdiff_t cs = FN(round_up)((TH + k - 1 + (padded ? R : 0)) * W, 16); /* buffer stride between channels */
+    /* Tiles of FUSED_PIX pixels, or up to 4 times taller while the buffer still holds
+     * every channel (fewer halo slides and GEMM calls, never a split of the channels). */
+    ptrdiff_t TH = FUSED_PIX / W > 1 ? FUSED_PIX / W : 1;
+#define FC_CS(th) FN(round_up)(((th) + k - 1 + (padded ? R : 0)) * W, 16) /* buffer stride between channels */
+    for (ptrdiff_t t = 4 * TH; t > TH; t /= 2)
+        if (FN(round_up)(N, MR) * FC_CS(t < OH ? t : OH) <= FUSED_BUF) {
+            TH = t;
+            break;
+        }
+    if (TH > OH) TH = OH;
+    ptrdiff_t cs = FC_CS(TH);
+#undef FC_CS
     /* Channels per task: all of them if the tile buffer stays within FUSED_BUF elements,
      * fewer when there would be too few tasks for the threads. */
     ptrdiff_t NB = FN(round_up)(N, MR), cap = FUSED_BUF / cs / MR * MR;
