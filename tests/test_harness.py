@@ -83,6 +83,47 @@ def test_crash_is_recorded_and_the_sweep_goes_on(broken_impls, tmp_path):
     assert code == 1  # failures are reported in the exit status
 
 
+
+class _Slowed(TorchComposed):
+    """torch, with the cyclic garbage collector's state and a pass counter on the side."""
+
+    name = "slowed"
+    gc_enabled_in_timed_calls: list = []
+
+    def _forward_train(self, x, prepared, p):
+        import gc
+        _Slowed.gc_enabled_in_timed_calls.append(gc.isenabled())
+        return super()._forward_train(x, prepared, p)
+
+
+def test_interleaved_measurement_pools_shuffled_passes(broken_impls, tmp_path):
+    impls.register(_Slowed())
+    out = tmp_path / "r.jsonl"
+    code = cli.main(["run", "--preset", "smoke", "--impl", "crashes,slowed,torch", "--device", "cpu",
+                     "--direction", "forward", "--min-time", "0.03", "--interleave", "3", "--results", str(out)])
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(recs) == 3 * len(TABLES["smoke"]) and code == 1  # `crashes` fails, the rest goes on
+    ok = [r for r in recs if r["impl"] in ("slowed", "torch")]
+    assert ok and all(r["status"] == "ok" for r in ok)
+    for r in ok:
+        assert r["interleave_passes"] == 3 and len(r["time_pass_medians"]) == 3
+        assert r["rounds"] >= 3 * 3 and r["time_repeat_median"] > 0
+        assert min(r["time_pass_medians"]) <= r["time_median"] <= max(r["time_pass_medians"])
+    # records of one layer keep the order of the cases, as without --interleave
+    assert [r["impl"] for r in recs[:3]] == ["crashes", "slowed", "torch"]
+
+
+def test_garbage_collector_is_paused_only_while_timing():
+    import gc
+    _Slowed.gc_enabled_in_timed_calls.clear()
+    impl = _Slowed()
+    bench = harness.Bench(_case(), lambda: impl.forward_train(x, prepared, 1), None, {}, impl)
+    x, prepared = torch.randn(1, 3, 8, 8), impl.prepare(impls.FlatParams.random(3, 4, 3))
+    assert gc.isenabled()
+    times = harness.time_calls(bench, min_time=0.0, min_rounds=4)
+    assert len(times) >= 4 and not any(_Slowed.gc_enabled_in_timed_calls)
+    assert gc.isenabled()
+
 def test_unavailable_case_is_skipped_with_reason():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
