@@ -79,12 +79,22 @@ def main(argv=None) -> int:
             shown = rec.get("time_median")
             note = _fmt_time(shown) if rec["status"] == "ok" else f"{rec['status']}: {rec['reason']}"
             thr = f" threads={rec['machine'].get('threads')}" if threads else ""
-            print(f"[{len(results)}/{total} {time.perf_counter() - start:6.1f}s] {case.id}{thr}  {note}", flush=True)
+            print(f"[{len(results)}/{total} {time.perf_counter() - start:6.1f}s] {case.id}{thr}  {note}"
+                  f"{_contention(rec)}", flush=True)
     _print_table(results, args.baseline)
     ok = sum(r["status"] == "ok" for r in results)
     print(f"\n{ok} measured, {sum(r['status'] == 'failed' for r in results)} failed, "
           f"{sum(r['status'] == 'skipped' for r in results)} skipped" + (f"; records in {args.results}" if args.results else ""))
     return 0 if all(r["status"] != "failed" for r in results) else 1
+
+
+def _contention(rec) -> str:
+    """A warning when a CPU case's threads kept clearly fewer CPUs busy than there were
+    threads: they shared cores with something else, and the time is not the case's own."""
+    use, threads = rec.get("cpu_utilization"), rec.get("machine", {}).get("threads") or rec.get("machine", {}).get("torch_threads")
+    if rec.get("device") != "cpu" or not use or not threads or threads < 2 or use >= 0.75 * threads:
+        return ""
+    return f"  [contended: {use:.2f} CPUs busy for {threads} threads; load {rec['machine'].get('load_avg_1min')}]"
 
 
 def _groups(cases, threads_list, together):

@@ -307,6 +307,29 @@ def _gc_paused():
             gc.enable()
 
 
+class CpuUse:
+    """Process CPU seconds (all threads, user + system) against wall seconds over the
+    blocks it measures: `with use: ...` adds one block."""
+
+    def __init__(self):
+        self.cpu_s = self.wall_s = 0.0
+
+    def __enter__(self):
+        self._c0, self._w0 = time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.cpu_s += time.process_time() - self._c0
+        self.wall_s += time.perf_counter() - self._w0
+
+    @property
+    def utilization(self) -> float | None:
+        """CPUs kept busy on average: about the thread count when every thread had its
+        core the whole time (OpenMP workers spin at barriers, so waiting counts too);
+        clearly less means the threads were sharing cores with something else."""
+        return self.cpu_s / self.wall_s if self.wall_s > 0 else None
+
+
 def measure_time(bench: Bench, *, min_time: float = 0.3, min_rounds: int = 5, max_rounds: int = 1000) -> dict:
     """Per-call seconds over rounds, summarised (see time_calls)."""
     return summarize(time_calls(bench, min_time=min_time, min_rounds=min_rounds, max_rounds=max_rounds))
@@ -501,6 +524,7 @@ def machine_record(device: str, threads: int | None = None) -> dict:
     info["torch_threads"] = torch.get_num_threads()
     info["threads"] = threads
     info["timer_overhead_s"] = timer_overhead(device)
+    info["load_avg_1min"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return info
 
 
@@ -638,11 +662,14 @@ def measure(case: Case, *, threads: int | None = None, min_time: float = 0.3, gr
     bench, rec = _set_up(case, threads, setup, make_record)
     if rec is not None:
         return rec
+    use = CpuUse()
     try:
-        stats = measure_time(bench, min_time=min_time)
+        with use:
+            stats = measure_time(bench, min_time=min_time)
         stats["time_repeat_median"] = measure_time(bench, min_time=min_time / 3)["time_median"]
     except Exception as e:  # noqa: BLE001
         return _failed(case, e, bench, make_record)
+    stats["cpu_utilization"] = use.utilization
     return _finish(case, bench, stats, make_record, graph)
 
 
@@ -663,13 +690,15 @@ def measure_interleaved(cases, *, passes: int, threads: int | None = None, min_t
         if rec is not None:
             records[i] = rec
     per_pass = {i: [] for i in benches if i not in records}
+    use = {i: CpuUse() for i in per_pass}
     rng = random.Random(seed)
     for _ in range(passes):
         order = [i for i in per_pass if i not in records]
         rng.shuffle(order)
         for i in order:
             try:
-                per_pass[i].append(time_calls(benches[i], min_time=min_time / passes, min_rounds=3))
+                with use[i]:
+                    per_pass[i].append(time_calls(benches[i], min_time=min_time / passes, min_rounds=3))
             except Exception as e:  # noqa: BLE001
                 records[i] = _failed(cases[i], e, benches[i], make_record)
     for i, runs in per_pass.items():
@@ -679,6 +708,7 @@ def measure_interleaved(cases, *, passes: int, threads: int | None = None, min_t
         stats["time_repeat_median"] = statistics.median([t for run in runs[len(runs) // 2:] for t in run])
         stats["interleave_passes"] = passes
         stats["time_pass_medians"] = [statistics.median(run) for run in runs]
+        stats["cpu_utilization"] = use[i].utilization
         records[i] = _finish(cases[i], benches[i], stats, make_record, graph)
     return [records[i] for i in range(len(cases))]
 

@@ -285,6 +285,18 @@ def build(inputs: list | None = None, out: Path | str | None = None, problems: l
     if data.models:  # pluggable: only when a *.models.json is among the inputs
         sections.append(("models", "Model-level accuracy", models_section(data.models, out, ctx, problems)))
 
+    flagged, timed = tables.quality(df), int((df["status"] == "ok").sum()) if not df.empty else 0
+    listed = flagged.head(40)
+    sections.append(("quality", "Measurement quality", (
+        html.paragraph(f"{len(flagged)} of {timed} timed cases are flagged: an IQR above 10% of the median, a "
+                       f"second measurement in the same run more than 10% away (time_repeat_median), or threads "
+                       f"that kept fewer than 0.75 CPUs each busy (cpu_utilization: they shared cores). Compare "
+                       f"such a case only with cases of the same run, or measure it again"
+                       + (f"; the {len(listed)} worst are listed, results.csv has every case." if len(flagged) > len(listed)
+                          else "."), "meta")
+        + html.table(listed, formats={"median": html.fmt_time})) if not flagged.empty
+        else html.empty(f"None of the {timed} timed cases is flagged (spread, repeat, CPU contention).")))
+
     machines = tables.machines(df, data.asv_machines)
     sections.append(("machines", "Machines", html.table(machines, index=True) if not machines.empty
                      else html.empty("No machine metadata in these inputs.")))

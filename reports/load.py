@@ -33,19 +33,21 @@ RECORD_COLUMNS = [
     "status", "reason", "time_median", "time_iqr", "time_q1", "time_q3", "time_mean",
     "time_min", "time_stddev", "rounds", "time_graph_median", "timer", "peak_bytes",
     "flops", "bytes", "gflops", "gbps", "intensity", "roofline_fraction", "params",
-    "max_rel_error", "timestamp", "commit",
+    "max_rel_error", "timestamp", "commit", "time_repeat_median", "cpu_utilization", "interleave_passes",
 ]
 NUMERIC_COLUMNS = [
     "batch", "in_channels", "out_channels", "height", "width", "kernel_size", "padding",
     "time_median", "time_iqr", "time_q1", "time_q3", "time_mean", "time_min", "time_stddev",
     "rounds", "time_graph_median", "peak_bytes", "flops", "bytes", "gflops", "gbps",
-    "intensity", "roofline_fraction", "params", "max_rel_error",
+    "intensity", "roofline_fraction", "params", "max_rel_error", "time_repeat_median", "cpu_utilization",
+    "interleave_passes",
 ]
 MACHINE_KEYS = [
     "host", "cpu_model", "cpu_cores_physical", "cpu_cores_logical", "cpu_freq_mhz",
     "memory_bytes", "gpu_name", "gpu_driver", "gpu_memory_bytes", "gpu_clocks",
     "torch_version", "cudnn_version", "cupy_version", "compiler", "torch_threads",
-    "omp_threads", "glibc_tunables", "copy_gbps", "sgemm_gflops", "platform", "python",
+    "omp_threads", "glibc_tunables", "copy_gbps", "sgemm_gflops", "platform", "python", "threads",
+    "load_avg_1min",
 ]
 # pytest-benchmark "stats" key -> record key
 STATS_MAP = {

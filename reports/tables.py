@@ -169,6 +169,38 @@ def failures(df: pd.DataFrame, max_listed: int = 6) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+def quality(df: pd.DataFrame, *, spread: float = 0.10, repeat: float = 0.10, busy: float = 0.75) -> pd.DataFrame:
+    """Timed cases whose number deserves less trust, with why: a wide spread (IQR above
+    `spread` of the median), a second measurement in the same run that disagrees by more
+    than `repeat`, or threads that kept fewer than `busy` x their count CPUs busy (they
+    shared cores with something else). Worst first."""
+    columns = ["machine", "device", "impl", "layer", "direction", "median", "flags"]
+    ok = df[df["status"] == "ok"]
+    rows = []
+    for _, r in ok.iterrows():
+        flags, worst = [], 0.0
+        med = r.get("time_median")
+        if not med or pd.isna(med):
+            continue
+        iqr = r.get("time_iqr")
+        if pd.notna(iqr) and iqr / med > spread:
+            flags.append(f"IQR {iqr / med:.0%} of the median")
+            worst = max(worst, iqr / med)
+        rep = r.get("time_repeat_median")
+        if pd.notna(rep) and abs(rep / med - 1) > repeat:
+            flags.append(f"repeat {rep / med:.2f}x")
+            worst = max(worst, abs(rep / med - 1))
+        use, threads = r.get("cpu_utilization"), r.get("machine_threads")
+        if r.get("device") == "cpu" and pd.notna(use) and pd.notna(threads) and threads >= 2 and use < busy * threads:
+            flags.append(f"{use:.2f} CPUs busy for {int(threads)} threads")
+            worst = max(worst, 1 - use / threads)
+        if flags:
+            rows.append({"machine": r["machine"], "device": r["device"], "impl": r["impl"], "layer": r["layer"],
+                         "direction": r["direction"], "median": med, "flags": "; ".join(flags), "_worst": worst})
+    out = pd.DataFrame(rows, columns=columns + ["_worst"])
+    return out.sort_values("_worst", ascending=False).drop(columns="_worst").reset_index(drop=True)
+
+
 def parameter_layers(df: pd.DataFrame) -> pd.DataFrame:
     """Distinct (in, out, k) layers of the results with both parameter counts."""
     columns = ["label", "in_channels", "out_channels", "kernel_size", "flat_params", "dense_params"]

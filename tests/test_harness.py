@@ -57,7 +57,20 @@ def test_measure_produces_a_full_record(direction):
     assert rec["flops"] > 0 and rec["bytes"] > 0 and 0 < rec["roofline_fraction"] < 10
     assert rec["machine"]["copy_gbps"] > 0 and rec["machine"]["sgemm_gflops"] > 0
     assert rec["machine"]["threads"] == 1
+    assert 0 < rec["cpu_utilization"] < 4 and rec["machine"]["load_avg_1min"] >= 0
     json.dumps(rec)  # JSON-able as written
+
+
+def test_cpu_use_and_the_contention_warning():
+    use = harness.CpuUse()
+    with use:
+        sum(i * i for i in range(200_000))  # one busy thread
+    assert 0.5 < use.utilization <= 1.1
+    rec = {"device": "cpu", "cpu_utilization": 1.02, "machine": {"threads": 2, "load_avg_1min": 3.5}}
+    assert "contended: 1.02 CPUs busy for 2 threads" in cli._contention(rec)
+    assert cli._contention({**rec, "cpu_utilization": 1.9}) == ""
+    assert cli._contention({**rec, "machine": {"threads": 1}}) == ""
+    assert cli._contention({**rec, "device": "cuda"}) == ""
 
 
 def test_gate_failure_is_recorded_and_never_timed(broken_impls):

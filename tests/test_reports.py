@@ -24,7 +24,7 @@ from reports.load import load  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "results"
 REPO = Path(__file__).resolve().parents[1]
-ALWAYS = ["summary", "cpu", "gpu", "parameters", "history", "machines", "failures", "data"]
+ALWAYS = ["summary", "cpu", "gpu", "parameters", "history", "quality", "machines", "failures", "data"]
 
 
 class _Page(HTMLParser):
@@ -245,3 +245,33 @@ def test_models_section_lists_the_papers_datasets(tmp_path):
         assert dataset in models
     assert "no CIFAR-100 loader" in models and "nothing downloads" in models
     assert "CIFAR-10 (subset): cifar.models.json" in models  # the fixture measured CIFAR-10
+
+
+def test_quality_flags_spread_repeat_and_contention():
+    import pandas as pd
+
+    from reports.tables import quality
+    base = {"status": "ok", "machine": "m", "device": "cpu", "impl": "openmp", "layer": "L", "direction": "forward",
+            "time_median": 1.0, "time_iqr": 0.02, "time_repeat_median": 1.01, "cpu_utilization": 1.98,
+            "machine_threads": 2}
+    df = pd.DataFrame([
+        base,
+        {**base, "impl": "wide", "time_iqr": 0.3},
+        {**base, "impl": "drifted", "time_repeat_median": 1.25},
+        {**base, "impl": "starved", "cpu_utilization": 1.05},
+        {**base, "impl": "one_thread", "cpu_utilization": 0.99, "machine_threads": 1},
+        {**base, "impl": "gpu", "device": "cuda", "cpu_utilization": 0.5},
+        {**base, "impl": "failed", "status": "failed", "time_iqr": 0.9},
+    ])
+    q = quality(df)
+    assert list(q["impl"]) == ["starved", "wide", "drifted"]  # worst first
+    flags = dict(zip(q["impl"], q["flags"]))
+    assert flags["wide"] == "IQR 30% of the median"
+    assert flags["drifted"] == "repeat 1.25x"
+    assert flags["starved"] == "1.05 CPUs busy for 2 threads"
+
+
+def test_quality_section_in_the_report(tmp_path):
+    index, text, page, problems = _build(tmp_path / "out", "cpu-devbox.jsonl")
+    section = _section(text, "quality")
+    assert "timed cases" in section
