@@ -68,6 +68,7 @@ def main(argv=None) -> int:
     results = []
     total = len(cases) * len(threads_list)
     start = time.perf_counter()
+    best_probe = {}  # per thread count
     for group, threads in _groups(cases, threads_list, args.interleave > 1):
         if args.interleave > 1:
             recs = harness.measure_interleaved(group, passes=args.interleave, threads=threads, min_time=args.min_time)
@@ -79,8 +80,11 @@ def main(argv=None) -> int:
             shown = rec.get("time_median")
             note = _fmt_time(shown) if rec["status"] == "ok" else f"{rec['status']}: {rec['reason']}"
             thr = f" threads={rec['machine'].get('threads')}" if threads else ""
+            probe = rec.get("probe_gflops")
+            if probe:
+                best_probe[threads] = max(best_probe.get(threads, 0.0), probe)
             print(f"[{len(results)}/{total} {time.perf_counter() - start:6.1f}s] {case.id}{thr}  {note}"
-                  f"{_contention(rec)}", flush=True)
+                  f"{_contention(rec, best_probe.get(threads))}", flush=True)
     _print_table(results, args.baseline)
     ok = sum(r["status"] == "ok" for r in results)
     print(f"\n{ok} measured, {sum(r['status'] == 'failed' for r in results)} failed, "
@@ -88,13 +92,20 @@ def main(argv=None) -> int:
     return 0 if all(r["status"] != "failed" for r in results) else 1
 
 
-def _contention(rec) -> str:
-    """A warning when a CPU case's threads kept clearly fewer CPUs busy than there were
-    threads: they shared cores with something else, and the time is not the case's own."""
-    use, threads = rec.get("cpu_utilization"), rec.get("machine", {}).get("threads") or rec.get("machine", {}).get("torch_threads")
-    if rec.get("device") != "cpu" or not use or not threads or threads < 2 or use >= 0.75 * threads:
+def _contention(rec, best_probe=None) -> str:
+    """Warnings for a CPU case whose time is not all its own: its threads kept clearly
+    fewer CPUs busy than there were threads (they shared cores), or the compute probe taken
+    around it ran 5% or more below the best of the run (the cores were slow then)."""
+    if rec.get("device") != "cpu":
         return ""
-    return f"  [contended: {use:.2f} CPUs busy for {threads} threads; load {rec['machine'].get('load_avg_1min')}]"
+    notes = []
+    use, threads = rec.get("cpu_utilization"), rec.get("machine", {}).get("threads") or rec.get("machine", {}).get("torch_threads")
+    if use and threads and threads >= 2 and use < 0.75 * threads:
+        notes.append(f"contended: {use:.2f} CPUs busy for {threads} threads; load {rec['machine'].get('load_avg_1min')}")
+    probe = rec.get("probe_gflops")
+    if probe and best_probe and probe < 0.95 * best_probe:
+        notes.append(f"slow period: compute probe {1 - probe / best_probe:.0%} below the run's best")
+    return "".join(f"  [{n}]" for n in notes)
 
 
 def _groups(cases, threads_list, together):

@@ -330,6 +330,30 @@ class CpuUse:
         return self.cpu_s / self.wall_s if self.wall_s > 0 else None
 
 
+_PROBE_N = 256
+
+
+def compute_probe(device: str) -> float | None:
+    """GFLOP/s of a small float32 matmul that stays in cache (256^3, torch, the threads in
+    force), median of 40 calls: about 10 ms. Taken around each CPU case, it shows when the
+    cores themselves were slow (on a shared VM, for seconds to minutes): there it fell by
+    5-10% while openmp_fused on (128,128,16,3) slowed by 20-30% (correlation -0.8 over 60
+    processes). None on a GPU."""
+    if device != "cpu":
+        return None
+    a = torch.randn(_PROBE_N, _PROBE_N)
+    out = torch.empty_like(a)
+    for _ in range(5):
+        torch.mm(a, a, out=out)
+    times = []
+    with _gc_paused():
+        for _ in range(40):
+            t0 = time.perf_counter()
+            torch.mm(a, a, out=out)
+            times.append(time.perf_counter() - t0)
+    return 2 * _PROBE_N ** 3 / statistics.median(times) / 1e9
+
+
 def measure_time(bench: Bench, *, min_time: float = 0.3, min_rounds: int = 5, max_rounds: int = 1000) -> dict:
     """Per-call seconds over rounds, summarised (see time_calls)."""
     return summarize(time_calls(bench, min_time=min_time, min_rounds=min_rounds, max_rounds=max_rounds))
@@ -664,12 +688,15 @@ def measure(case: Case, *, threads: int | None = None, min_time: float = 0.3, gr
         return rec
     use = CpuUse()
     try:
+        probes = [compute_probe(case.device)]
         with use:
             stats = measure_time(bench, min_time=min_time)
         stats["time_repeat_median"] = measure_time(bench, min_time=min_time / 3)["time_median"]
+        probes.append(compute_probe(case.device))
     except Exception as e:  # noqa: BLE001
         return _failed(case, e, bench, make_record)
     stats["cpu_utilization"] = use.utilization
+    stats["probe_gflops"] = None if None in probes else min(probes)
     return _finish(case, bench, stats, make_record, graph)
 
 
@@ -692,6 +719,7 @@ def measure_interleaved(cases, *, passes: int, threads: int | None = None, min_t
     per_pass = {i: [] for i in benches if i not in records}
     use = {i: CpuUse() for i in per_pass}
     rng = random.Random(seed)
+    probes = [compute_probe(cases[0].device)] if cases else []
     for _ in range(passes):
         order = [i for i in per_pass if i not in records]
         rng.shuffle(order)
@@ -701,6 +729,8 @@ def measure_interleaved(cases, *, passes: int, threads: int | None = None, min_t
                     per_pass[i].append(time_calls(benches[i], min_time=min_time / passes, min_rounds=3))
             except Exception as e:  # noqa: BLE001
                 records[i] = _failed(cases[i], e, benches[i], make_record)
+    if cases:
+        probes.append(compute_probe(cases[0].device))
     for i, runs in per_pass.items():
         if i in records:
             continue
@@ -709,6 +739,7 @@ def measure_interleaved(cases, *, passes: int, threads: int | None = None, min_t
         stats["interleave_passes"] = passes
         stats["time_pass_medians"] = [statistics.median(run) for run in runs]
         stats["cpu_utilization"] = use[i].utilization
+        stats["probe_gflops"] = None if None in probes else min(probes)
         records[i] = _finish(cases[i], benches[i], stats, make_record, graph)
     return [records[i] for i in range(len(cases))]
 

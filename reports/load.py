@@ -34,13 +34,14 @@ RECORD_COLUMNS = [
     "time_min", "time_stddev", "rounds", "time_graph_median", "timer", "peak_bytes",
     "flops", "bytes", "gflops", "gbps", "intensity", "roofline_fraction", "params",
     "max_rel_error", "timestamp", "commit", "time_repeat_median", "cpu_utilization", "interleave_passes",
+    "probe_gflops",
 ]
 NUMERIC_COLUMNS = [
     "batch", "in_channels", "out_channels", "height", "width", "kernel_size", "padding",
     "time_median", "time_iqr", "time_q1", "time_q3", "time_mean", "time_min", "time_stddev",
     "rounds", "time_graph_median", "peak_bytes", "flops", "bytes", "gflops", "gbps",
     "intensity", "roofline_fraction", "params", "max_rel_error", "time_repeat_median", "cpu_utilization",
-    "interleave_passes",
+    "interleave_passes", "probe_gflops",
 ]
 MACHINE_KEYS = [
     "host", "cpu_model", "cpu_cores_physical", "cpu_cores_logical", "cpu_freq_mhz",

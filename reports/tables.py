@@ -169,13 +169,20 @@ def failures(df: pd.DataFrame, max_listed: int = 6) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def quality(df: pd.DataFrame, *, spread: float = 0.10, repeat: float = 0.10, busy: float = 0.75) -> pd.DataFrame:
+def quality(df: pd.DataFrame, *, spread: float = 0.10, repeat: float = 0.10, busy: float = 0.75,
+            slow: float = 0.05) -> pd.DataFrame:
     """Timed cases whose number deserves less trust, with why: a wide spread (IQR above
     `spread` of the median), a second measurement in the same run that disagrees by more
-    than `repeat`, or threads that kept fewer than `busy` x their count CPUs busy (they
-    shared cores with something else). Worst first."""
+    than `repeat`, threads that kept fewer than `busy` x their count CPUs busy (they
+    shared cores with something else), or a compute probe taken around the case more than
+    `slow` below the best of its run and thread count (the cores were slow then). Worst
+    first."""
     columns = ["machine", "device", "impl", "layer", "direction", "median", "flags"]
     ok = df[df["status"] == "ok"]
+    best_probe = {}
+    if "probe_gflops" in ok and "run_id" in ok:
+        probes = ok.dropna(subset=["probe_gflops"])
+        best_probe = probes.groupby(["run_id", probes["machine_threads"].fillna(0)])["probe_gflops"].max().to_dict()
     rows = []
     for _, r in ok.iterrows():
         flags, worst = [], 0.0
@@ -194,6 +201,11 @@ def quality(df: pd.DataFrame, *, spread: float = 0.10, repeat: float = 0.10, bus
         if r.get("device") == "cpu" and pd.notna(use) and pd.notna(threads) and threads >= 2 and use < busy * threads:
             flags.append(f"{use:.2f} CPUs busy for {int(threads)} threads")
             worst = max(worst, 1 - use / threads)
+        probe = r.get("probe_gflops")
+        best = best_probe.get((r.get("run_id"), 0 if pd.isna(threads) else threads)) if pd.notna(probe) else None
+        if best and probe < (1 - slow) * best:
+            flags.append(f"compute probe {1 - probe / best:.0%} below its run's best")
+            worst = max(worst, 1 - probe / best)
         if flags:
             rows.append({"machine": r["machine"], "device": r["device"], "impl": r["impl"], "layer": r["layer"],
                          "direction": r["direction"], "median": med, "flags": "; ".join(flags), "_worst": worst})

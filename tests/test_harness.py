@@ -58,6 +58,7 @@ def test_measure_produces_a_full_record(direction):
     assert rec["machine"]["copy_gbps"] > 0 and rec["machine"]["sgemm_gflops"] > 0
     assert rec["machine"]["threads"] == 1
     assert 0 < rec["cpu_utilization"] < 4 and rec["machine"]["load_avg_1min"] >= 0
+    assert rec["probe_gflops"] > 1
     json.dumps(rec)  # JSON-able as written
 
 
@@ -71,6 +72,10 @@ def test_cpu_use_and_the_contention_warning():
     assert cli._contention({**rec, "cpu_utilization": 1.9}) == ""
     assert cli._contention({**rec, "machine": {"threads": 1}}) == ""
     assert cli._contention({**rec, "device": "cuda"}) == ""
+    quiet = {**rec, "cpu_utilization": 1.9, "probe_gflops": 190.0}
+    assert "slow period: compute probe 10% below the run's best" in cli._contention(quiet, best_probe=211.0)
+    assert cli._contention(quiet, best_probe=195.0) == ""
+    assert harness.compute_probe("cpu") > 1 and harness.compute_probe("cuda") is None
 
 
 def test_gate_failure_is_recorded_and_never_timed(broken_impls):

@@ -269,6 +269,12 @@ def test_quality_flags_spread_repeat_and_contention():
     assert flags["wide"] == "IQR 30% of the median"
     assert flags["drifted"] == "repeat 1.25x"
     assert flags["starved"] == "1.05 CPUs busy for 2 threads"
+    # a compute probe well below the best of its run (same run and thread count) is flagged
+    probed = pd.DataFrame([{**base, "run_id": "r", "probe_gflops": 210.0},
+                           {**base, "run_id": "r", "impl": "slow_period", "probe_gflops": 189.0},
+                           {**base, "run_id": "other", "impl": "other_run", "probe_gflops": 150.0}])
+    q = quality(probed)
+    assert list(q["impl"]) == ["slow_period"] and q["flags"][0] == "compute probe 10% below its run's best"
 
 
 def test_quality_section_in_the_report(tmp_path):
