@@ -84,7 +84,7 @@ def main(argv=None) -> int:
             if probe:
                 best_probe[threads] = max(best_probe.get(threads, 0.0), probe)
             print(f"[{len(results)}/{total} {time.perf_counter() - start:6.1f}s] {case.id}{thr}  {note}"
-                  f"{_contention(rec, best_probe.get(threads))}", flush=True)
+                  f"{_slow_period(rec, best_probe.get(threads))}", flush=True)
     _print_table(results, args.baseline)
     ok = sum(r["status"] == "ok" for r in results)
     print(f"\n{ok} measured, {sum(r['status'] == 'failed' for r in results)} failed, "
@@ -92,20 +92,13 @@ def main(argv=None) -> int:
     return 0 if all(r["status"] != "failed" for r in results) else 1
 
 
-def _contention(rec, best_probe=None) -> str:
-    """Warnings for a CPU case whose time is not all its own: its threads kept clearly
-    fewer CPUs busy than there were threads (they shared cores), or the compute probe taken
-    around it ran 5% or more below the best of the run (the cores were slow then)."""
-    if rec.get("device") != "cpu":
-        return ""
-    notes = []
-    use, threads = rec.get("cpu_utilization"), rec.get("machine", {}).get("threads") or rec.get("machine", {}).get("torch_threads")
-    if use and threads and threads >= 2 and use < 0.75 * threads:
-        notes.append(f"contended: {use:.2f} CPUs busy for {threads} threads; load {rec['machine'].get('load_avg_1min')}")
+def _slow_period(rec, best_probe=None) -> str:
+    """A warning for a CPU case timed while the cores were slow: the compute probe taken
+    around it ran 5% or more below the best of the run so far."""
     probe = rec.get("probe_gflops")
-    if probe and best_probe and probe < 0.95 * best_probe:
-        notes.append(f"slow period: compute probe {1 - probe / best_probe:.0%} below the run's best")
-    return "".join(f"  [{n}]" for n in notes)
+    if rec.get("device") != "cpu" or not probe or not best_probe or probe >= 0.95 * best_probe:
+        return ""
+    return f"  [slow period: compute probe {1 - probe / best_probe:.0%} below the run's best]"
 
 
 def _groups(cases, threads_list, together):

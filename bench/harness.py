@@ -324,9 +324,10 @@ class CpuUse:
 
     @property
     def utilization(self) -> float | None:
-        """CPUs kept busy on average: about the thread count when every thread had its
-        core the whole time (OpenMP workers spin at barriers, so waiting counts too);
-        clearly less means the threads were sharing cores with something else."""
+        """CPUs the process kept busy on average: about the thread count when every thread
+        worked (or spun at a barrier, as OpenMP workers do) the whole time; less when the
+        implementation left threads idle (small operators often run on one) or they did
+        not get their cores."""
         return self.cpu_s / self.wall_s if self.wall_s > 0 else None
 
 
@@ -791,12 +792,19 @@ def run_pytest_benchmark(benchmark, case, writer: ResultsWriter, *, setup=None, 
         writer.write(rec)
         benchmark.extra_info.update(rec)
         raise
-    benchmark(bench.call)
-    if benchmark.disabled:  # the suite's smoke pass in `tox -e test`: it ran, nothing to record
+    if benchmark.disabled:  # the suite's smoke pass in `tox -e test`: it runs, nothing to record
+        benchmark(bench.call)
         return None
+    use, probes = CpuUse(), [compute_probe(case.device)]
+    with use:
+        benchmark(bench.call)
+    probes.append(compute_probe(case.device))
+    stats = stats_from_benchmark(benchmark)
+    stats["cpu_utilization"] = use.utilization
+    stats["probe_gflops"] = None if None in probes else min(probes)
     peak, method = peak_bytes(bench)
     graph_time, note = measure_graph_time(bench) if graph else (None, None)
-    rec = make_record(case, status="ok", stats=stats_from_benchmark(benchmark), bench=bench, peak=peak,
+    rec = make_record(case, status="ok", stats=stats, bench=bench, peak=peak,
                       peak_method=method, graph_time=graph_time, graph_note=note, kernels=kernels_ran(bench))
     benchmark.extra_info.update(rec)
     writer.write(rec)

@@ -289,15 +289,14 @@ def build(inputs: list | None = None, out: Path | str | None = None, problems: l
     listed = flagged.head(40)
     sections.append(("quality", "Measurement quality", (
         html.paragraph(f"{len(flagged)} of {timed} timed cases are flagged: an IQR above 10% of the median, a "
-                       f"second measurement in the same run more than 10% away (time_repeat_median), threads "
-                       f"that kept fewer than 0.75 CPUs each busy (cpu_utilization: they shared cores), or a "
+                       f"second measurement in the same run more than 10% away (time_repeat_median), or a "
                        f"compute probe taken around the case more than 5% below the best of its run "
                        f"(probe_gflops: the cores were slow then). Compare "
                        f"such a case only with cases of the same run, or measure it again"
                        + (f"; the {len(listed)} worst are listed, results.csv has every case." if len(flagged) > len(listed)
                           else "."), "meta")
         + html.table(listed, formats={"median": html.fmt_time})) if not flagged.empty
-        else html.empty(f"None of the {timed} timed cases is flagged (spread, repeat, CPU contention).")))
+        else html.empty(f"None of the {timed} timed cases is flagged (spread, repeat, slow period).")))
 
     machines = tables.machines(df, data.asv_machines)
     sections.append(("machines", "Machines", html.table(machines, index=True) if not machines.empty

@@ -169,14 +169,11 @@ def failures(df: pd.DataFrame, max_listed: int = 6) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def quality(df: pd.DataFrame, *, spread: float = 0.10, repeat: float = 0.10, busy: float = 0.75,
-            slow: float = 0.05) -> pd.DataFrame:
+def quality(df: pd.DataFrame, *, spread: float = 0.10, repeat: float = 0.10, slow: float = 0.05) -> pd.DataFrame:
     """Timed cases whose number deserves less trust, with why: a wide spread (IQR above
     `spread` of the median), a second measurement in the same run that disagrees by more
-    than `repeat`, threads that kept fewer than `busy` x their count CPUs busy (they
-    shared cores with something else), or a compute probe taken around the case more than
-    `slow` below the best of its run and thread count (the cores were slow then). Worst
-    first."""
+    than `repeat`, or a compute probe taken around the case more than `slow` below the best
+    of its run and thread count (the cores were slow then). Worst first."""
     columns = ["machine", "device", "impl", "layer", "direction", "median", "flags"]
     ok = df[df["status"] == "ok"]
     best_probe = {}
@@ -197,11 +194,7 @@ def quality(df: pd.DataFrame, *, spread: float = 0.10, repeat: float = 0.10, bus
         if pd.notna(rep) and abs(rep / med - 1) > repeat:
             flags.append(f"repeat {rep / med:.2f}x")
             worst = max(worst, abs(rep / med - 1))
-        use, threads = r.get("cpu_utilization"), r.get("machine_threads")
-        if r.get("device") == "cpu" and pd.notna(use) and pd.notna(threads) and threads >= 2 and use < busy * threads:
-            flags.append(f"{use:.2f} CPUs busy for {int(threads)} threads")
-            worst = max(worst, 1 - use / threads)
-        probe = r.get("probe_gflops")
+        threads, probe = r.get("machine_threads"), r.get("probe_gflops")
         best = best_probe.get((r.get("run_id"), 0 if pd.isna(threads) else threads)) if pd.notna(probe) else None
         if best and probe < (1 - slow) * best:
             flags.append(f"compute probe {1 - probe / best:.0%} below its run's best")

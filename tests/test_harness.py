@@ -62,19 +62,15 @@ def test_measure_produces_a_full_record(direction):
     json.dumps(rec)  # JSON-able as written
 
 
-def test_cpu_use_and_the_contention_warning():
+def test_cpu_use_and_the_slow_period_warning():
     use = harness.CpuUse()
     with use:
         sum(i * i for i in range(200_000))  # one busy thread
     assert 0.5 < use.utilization <= 1.1
-    rec = {"device": "cpu", "cpu_utilization": 1.02, "machine": {"threads": 2, "load_avg_1min": 3.5}}
-    assert "contended: 1.02 CPUs busy for 2 threads" in cli._contention(rec)
-    assert cli._contention({**rec, "cpu_utilization": 1.9}) == ""
-    assert cli._contention({**rec, "machine": {"threads": 1}}) == ""
-    assert cli._contention({**rec, "device": "cuda"}) == ""
-    quiet = {**rec, "cpu_utilization": 1.9, "probe_gflops": 190.0}
-    assert "slow period: compute probe 10% below the run's best" in cli._contention(quiet, best_probe=211.0)
-    assert cli._contention(quiet, best_probe=195.0) == ""
+    rec = {"device": "cpu", "probe_gflops": 190.0, "machine": {"threads": 2}}
+    assert "slow period: compute probe 10% below the run's best" in cli._slow_period(rec, best_probe=211.0)
+    assert cli._slow_period(rec, best_probe=195.0) == ""
+    assert cli._slow_period(rec) == "" and cli._slow_period({**rec, "device": "cuda"}, best_probe=211.0) == ""
     assert harness.compute_probe("cpu") > 1 and harness.compute_probe("cuda") is None
 
 
