@@ -356,19 +356,19 @@ def compute_probe(device: str) -> float | None:
 
 
 def measure_time(bench: Bench, *, min_time: float = 0.3, min_rounds: int = 5, max_rounds: int = 1000) -> dict:
-    """Per-call seconds over rounds, summarised (see time_calls)."""
-    return summarize(time_calls(bench, min_time=min_time, min_rounds=min_rounds, max_rounds=max_rounds))
+    """Per-call seconds over rounds, summarised (see call_times)."""
+    return summarize(call_times(bench, min_time=min_time, min_rounds=min_rounds, max_rounds=max_rounds))
 
 
-def time_calls(bench: Bench, *, min_time: float = 0.3, min_rounds: int = 5, max_rounds: int = 1000) -> list[float]:
+def call_times(bench: Bench, *, min_time: float = 0.3, min_rounds: int = 5, max_rounds: int = 1000) -> list[float]:
     """Per-call seconds for at least `min_rounds` calls and `min_time` seconds: perf_counter
     on the CPU, CUDA events on a GPU (one event pair per call, so the launch overhead of
     this call is included). The garbage collector is paused meanwhile."""
     with _gc_paused():
-        return _time_calls(bench, min_time, min_rounds, max_rounds)
+        return _call_times(bench, min_time, min_rounds, max_rounds)
 
 
-def _time_calls(bench: Bench, min_time: float, min_rounds: int, max_rounds: int) -> list[float]:
+def _call_times(bench: Bench, min_time: float, min_rounds: int, max_rounds: int) -> list[float]:
     times: list[float] = []
     start = time.perf_counter()
     if bench.case.device == "cuda":
@@ -727,7 +727,7 @@ def measure_interleaved(cases, *, passes: int, threads: int | None = None, min_t
         for i in order:
             try:
                 with use[i]:
-                    per_pass[i].append(time_calls(benches[i], min_time=min_time / passes, min_rounds=3))
+                    per_pass[i].append(call_times(benches[i], min_time=min_time / passes, min_rounds=3))
             except Exception as e:  # noqa: BLE001
                 records[i] = _failed(cases[i], e, benches[i], make_record)
     if cases:

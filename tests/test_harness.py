@@ -134,7 +134,7 @@ def test_garbage_collector_is_paused_only_while_timing():
     bench = harness.Bench(_case(), lambda: impl.forward_train(x, prepared, 1), None, {}, impl)
     x, prepared = torch.randn(1, 3, 8, 8), impl.prepare(impls.FlatParams.random(3, 4, 3))
     assert gc.isenabled()
-    times = harness.time_calls(bench, min_time=0.0, min_rounds=4)
+    times = harness.call_times(bench, min_time=0.0, min_rounds=4)
     assert len(times) >= 4 and not any(_Slowed.gc_enabled_in_timed_calls)
     assert gc.isenabled()
 
