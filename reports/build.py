@@ -290,7 +290,7 @@ def build(inputs: list | None = None, out: Path | str | None = None, problems: l
     sections.append(("quality", "Measurement quality", (
         html.paragraph(f"{len(flagged)} of {timed} timed cases are flagged: an IQR above 10% of the median, a "
                        f"second measurement in the same run more than 10% away (time_repeat_median), or a "
-                       f"compute probe taken around the case more than 5% below the best of its run "
+                       f"compute probe taken around the case more than 8% below the best of its run "
                        f"(probe_gflops: the cores were slow then). Compare "
                        f"such a case only with cases of the same run, or measure it again"
                        + (f"; the {len(listed)} worst are listed, results.csv has every case." if len(flagged) > len(listed)

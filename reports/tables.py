@@ -169,7 +169,7 @@ def failures(df: pd.DataFrame, max_listed: int = 6) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def quality(df: pd.DataFrame, *, spread: float = 0.10, repeat: float = 0.10, slow: float = 0.05) -> pd.DataFrame:
+def quality(df: pd.DataFrame, *, spread: float = 0.10, repeat: float = 0.10, slow: float = 0.08) -> pd.DataFrame:
     """Timed cases whose number deserves less trust, with why: a wide spread (IQR above
     `spread` of the median), a second measurement in the same run that disagrees by more
     than `repeat`, or a compute probe taken around the case more than `slow` below the best
