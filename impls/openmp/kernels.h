@@ -237,8 +237,21 @@ static inline void FN(vrow)(REAL *restrict out, const REAL *rows, ptrdiff_t row0
     FN(taps)(out, rows + (o - p + r_lo - row0) * W, W, W, V + r_lo, r_hi - r_lo, vb);
 }
 
-/* Horizontal row from an unpadded input row of W: y[j] = hb + sum_s Hw[s] * in[j + s - p]
- * over the columns that exist; the interior runs through taps, the borders are scalar. */
+/* One horizontal output column j of an unpadded input row of W: hb + sum_s Hw[s] *
+ * in[j + s - p] over the columns that exist (the scalar border path of H). */
+static inline REAL FN(hcol)(const REAL *restrict in, ptrdiff_t W, ptrdiff_t j, const REAL *Hw, ptrdiff_t k,
+                            ptrdiff_t p, REAL hb)
+{
+    REAL s = hb;
+    for (ptrdiff_t q = 0; q < k; ++q) {
+        ptrdiff_t i = j + q - p;
+        if (i >= 0 && i < W) s += Hw[q] * in[i];
+    }
+    return s;
+}
+
+/* Horizontal row from an unpadded input row of W: y[j] = hcol(j); the interior runs
+ * through taps, the borders are scalar. */
 static inline void FN(hrow)(REAL *restrict y, const REAL *restrict in, ptrdiff_t W, ptrdiff_t OW,
                             const REAL *Hw, ptrdiff_t k, ptrdiff_t p, REAL hb)
 {
@@ -251,12 +264,7 @@ static inline void FN(hrow)(REAL *restrict y, const REAL *restrict in, ptrdiff_t
             j = j_hi - 1;
             continue;
         }
-        REAL s = hb;
-        for (ptrdiff_t q = 0; q < k; ++q) {
-            ptrdiff_t i = j + q - p;
-            if (i >= 0 && i < W) s += Hw[q] * in[i];
-        }
-        y[j] = s;
+        y[j] = FN(hcol)(in, W, j, Hw, k, p, hb);
     }
 }
 
@@ -408,12 +416,7 @@ static void FN(vh_rows_2pass)(REAL *restrict y, const REAL *rows, ptrdiff_t row0
         for (ptrdiff_t j = 0; j < OW; ++j) {
             if (j == p && right > p) j = right;
             if (j >= OW) break;
-            REAL s = hb;
-            for (ptrdiff_t q = 0; q < k; ++q) {
-                ptrdiff_t i = j + q - p;
-                if (i >= 0 && i < W) s += Hw[q] * in[i];
-            }
-            yr[j] = s;
+            yr[j] = FN(hcol)(in, W, j, Hw, k, p, hb);
         }
     }
 }
@@ -449,12 +452,12 @@ static void FN(vh_reg_init)(FN(vhreg_t) *st, ptrdiff_t W, ptrdiff_t k, ptrdiff_t
 }
 
 #if VBYTES == 64
-/* V at one vector: vb + sum_r v[r] * src[r * stride + 0 .. LANES). */
-static inline __attribute__((always_inline)) VEC FN(vtap_k)(const REAL *src, ptrdiff_t stride, const VEC *v, int k,
-                                                            VEC vbv)
+/* V at one vector: vb + sum_r v[r] * rowp[r][off .. off + LANES). */
+static inline __attribute__((always_inline)) VEC FN(vtap_k)(const REAL *const *rowp, ptrdiff_t off, const VEC *v,
+                                                            int k, VEC vbv)
 {
     VEC t = vbv;
-    for (int r = 0; r < k; ++r) t += v[r] * FN(vload)(src + r * stride);
+    for (int r = 0; r < k; ++r) t += v[r] * FN(vload)(rowp[r] + off);
     return t;
 }
 
@@ -469,10 +472,9 @@ static inline __attribute__((always_inline)) void FN(vh_row_k)(REAL *restrict yr
     const int p = (k - 1) / 2;
     const VEC zero = (VEC){0};
     ptrdiff_t nv = W / LANES;
-#define FC_T2(c) ({ VEC t_ = vbv; for (int r_ = 0; r_ < k; ++r_) t_ += v[r_] * FN(vload)(rowp[r_] + (c) * LANES); t_; })
-    VEC prev = zero, cur = FC_T2(0), next;
+    VEC prev = zero, cur = FN(vtap_k)(rowp, 0, v, k, vbv), next;
     for (ptrdiff_t c = 0; c < nv; ++c) {
-        next = c + 1 < nv ? FC_T2(c + 1) : zero;
+        next = c + 1 < nv ? FN(vtap_k)(rowp, (c + 1) * LANES, v, k, vbv) : zero;
         VEC acc = hbv;
         for (int s = 0; s < k; ++s) {
             int d = s - p;
@@ -483,7 +485,6 @@ static inline __attribute__((always_inline)) void FN(vh_row_k)(REAL *restrict yr
         prev = cur;
         cur = next;
     }
-#undef FC_T2
 }
 
 /* One register pass of V then H over output rows [oa, ob) of one channel, for "same"
@@ -536,7 +537,9 @@ static inline __attribute__((always_inline)) void FN(vh_reg_k)(REAL *restrict y,
         ptrdiff_t nrow = ob - o < R ? ob - o : R;
         VEC t2;
         if (padded || (nrow == R && o >= p && o + R - 1 - p + k <= H)) {
-            t2 = FN(vtap_k)(rows + (o - p - row0) * W, W, v, k, vbv);
+            const REAL *rowp[8];
+            for (int r = 0; r < k; ++r) rowp[r] = rows + (o - p + r - row0) * W;
+            t2 = FN(vtap_k)(rowp, 0, v, k, vbv);
         } else {
             *(VEC *)t2s = zero;
             for (ptrdiff_t j = 0; j < nrow; ++j) FN(vrow)(t2s + j * W, rows, row0, H, W, o + j, V, k, p, vb);
