@@ -355,6 +355,12 @@ def compute_probe(device: str) -> float | None:
     return 2 * _PROBE_N ** 3 / statistics.median(times) / 1e9
 
 
+def conditions(use: CpuUse, probes: list[float | None]) -> dict:
+    """The record fields that say how the machine was while a case was timed: its CPU use,
+    and the lower of the compute probes taken around it (None on a GPU)."""
+    return {"cpu_utilization": use.utilization, "probe_gflops": None if None in probes else min(probes)}
+
+
 def measure_time(bench: Bench, *, min_time: float = 0.3, min_rounds: int = 5, max_rounds: int = 1000) -> dict:
     """Per-call seconds over rounds, summarised (see call_times)."""
     return summarize(call_times(bench, min_time=min_time, min_rounds=min_rounds, max_rounds=max_rounds))
@@ -696,8 +702,7 @@ def measure(case: Case, *, threads: int | None = None, min_time: float = 0.3, gr
         probes.append(compute_probe(case.device))
     except Exception as e:  # noqa: BLE001
         return _failed(case, e, bench, make_record)
-    stats["cpu_utilization"] = use.utilization
-    stats["probe_gflops"] = None if None in probes else min(probes)
+    stats.update(conditions(use, probes))
     return _finish(case, bench, stats, make_record, graph)
 
 
@@ -739,8 +744,7 @@ def measure_interleaved(cases, *, passes: int, threads: int | None = None, min_t
         stats["time_repeat_median"] = statistics.median([t for run in runs[len(runs) // 2:] for t in run])
         stats["interleave_passes"] = passes
         stats["time_pass_medians"] = [statistics.median(run) for run in runs]
-        stats["cpu_utilization"] = use[i].utilization
-        stats["probe_gflops"] = None if None in probes else min(probes)
+        stats.update(conditions(use[i], probes))
         records[i] = _finish(cases[i], benches[i], stats, make_record, graph)
     return [records[i] for i in range(len(cases))]
 
@@ -799,9 +803,7 @@ def run_pytest_benchmark(benchmark, case, writer: ResultsWriter, *, setup=None, 
     with use:
         benchmark(bench.call)
     probes.append(compute_probe(case.device))
-    stats = stats_from_benchmark(benchmark)
-    stats["cpu_utilization"] = use.utilization
-    stats["probe_gflops"] = None if None in probes else min(probes)
+    stats = {**stats_from_benchmark(benchmark), **conditions(use, probes)}
     peak, method = peak_bytes(bench)
     graph_time, note = measure_graph_time(bench) if graph else (None, None)
     rec = make_record(case, status="ok", stats=stats, bench=bench, peak=peak,
