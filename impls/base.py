@@ -1,9 +1,10 @@
-"""The contract every implementation keeps (DESIGN.md section 2).
+"""The contract every implementation keeps (docs/DESIGN.md, "The contract").
 
 `Implementation` does all input checking in its public methods and only then calls the
 subclass's `_prepare`, `_forward`, `_forward_train` and `_backward`, so C and CUDA code
 never sees an unchecked tensor. A subclass declares what it supports (`devices`,
-`dtypes`) and may override `unavailable_reason` for missing dependencies.
+`dtypes`, `directions`), what it is (`role`), and overrides `_dependency_reason` for
+missing dependencies.
 """
 
 from __future__ import annotations
@@ -44,6 +45,31 @@ def _device_type(device) -> str:
     return torch.device(device).type
 
 
+# What a caller can ask an implementation to compute: inference, the backward pass from
+# what forward_train saved, and both in a row.
+DIRECTIONS = ("forward", "backward", "train")
+
+# What an implementation is, for the reports' comparisons:
+#   baseline     the dense k x k convolution every speedup is measured against
+#   peer         what a user would pick instead of writing kernels (framework code, a
+#                compiler, another runtime, a Triton kernel)
+#   handwritten  this project's own C and CUDA kernels
+#   simple       the readable textbook versions (by the definition, im2col + GEMM)
+ROLES = ("baseline", "peer", "handwritten", "simple")
+
+
+def direction_need(direction: str) -> str:
+    """The direction an implementation must serve to run `direction`: a per-stage
+    timing (stage:<name>) is a piece of inference."""
+    if not isinstance(direction, str):
+        raise TypeError(f"direction: expected a str, got {type(direction).__name__}")
+    if direction.startswith("stage:"):
+        return "forward"
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction: expected one of {', '.join(DIRECTIONS)} or stage:<name>, got {direction!r}")
+    return direction
+
+
 class Implementation:
     """Base class: subclasses set `name`, `devices`, `dtypes` and `description` and
     implement the underscored hooks."""
@@ -52,17 +78,37 @@ class Implementation:
     devices: tuple[str, ...] = ()
     # Supported dtypes per device type; float32 everywhere is required by the contract.
     dtypes: dict[str, tuple[torch.dtype, ...]] = {}
+    # What it computes: every implementation serves forward; an inference-only runtime
+    # declares ("forward",), and backward/train cases are then skipped with the reason.
+    directions: tuple[str, ...] = DIRECTIONS
+    role: str = "simple"  # one of ROLES
     description: str = ""
 
+    @property
+    def baseline(self) -> bool:
+        """True for the implementation every speedup is measured against."""
+        return self.role == "baseline"
+
     # ---- what the harness asks -----------------------------------------------------
-    def unavailable_reason(self, device) -> str | None:
-        """None when this implementation can run on `device`, else a one-line reason."""
+    def unavailable_reason(self, device, direction: str | None = None) -> str | None:
+        """None when this implementation can run on `device` (and, when given, compute
+        `direction`: forward, backward, train or stage:<name>), else a one-line reason."""
         dev = _device_type(device)
         if dev not in self.devices:
             return f"{self.name} runs on {', '.join(self.devices)} only, not {dev}"
-        if dev == "cuda" and not torch.cuda.is_available():
+        reason = self._platform_reason(dev)
+        if reason is None and direction is not None:
+            need = direction_need(direction)
+            if need not in self.directions:
+                reason = (f"{self.name} serves {' and '.join(self.directions)} only (no {need})"
+                          if self.directions != ("forward",) else f"{self.name} serves inference only (no {need})")
+        return reason
+
+    def _platform_reason(self, device_type: str) -> str | None:
+        """The device is there and the dependencies load (None), or why not."""
+        if device_type == "cuda" and not torch.cuda.is_available():
             return "no CUDA device (torch.cuda.is_available() is False)"
-        return self._dependency_reason(dev)
+        return self._dependency_reason(device_type)
 
     def _dependency_reason(self, device_type: str) -> str | None:
         """Override to report a missing library or failed build."""
@@ -110,12 +156,14 @@ class Implementation:
             return self._forward(x, prepared, padding)
 
     def forward_train(self, x: torch.Tensor, prepared: Prepared, padding: int = 0) -> tuple[torch.Tensor, Saved]:
+        self._require_direction("train")
         x, padding = self._check_input(x, prepared, padding)
         with torch.no_grad():
             y, tensors = self._forward_train(x, prepared, padding)
         return y, Saved(self.name, prepared, x, padding, tuple(y.shape), tensors)
 
     def backward(self, saved: Saved, grad_y: torch.Tensor) -> FlatGrads:
+        self._require_direction("backward")
         if not isinstance(saved, Saved):
             raise TypeError(f"saved: expected what {self.name}.forward_train returned, got {type(saved).__name__}")
         if saved.impl != self.name:
@@ -132,6 +180,10 @@ class Implementation:
             return self._backward(saved, grad_y.contiguous())
 
     # ---- checks --------------------------------------------------------------------
+    def _require_direction(self, direction: str) -> None:
+        if direction not in self.directions:
+            raise NotImplementedError(f"{self.name} serves {', '.join(self.directions)} only, not {direction}")
+
     def _check_device_and_dtype(self, what: str, device: torch.device, dtype: torch.dtype) -> None:
         dev = device.type
         if dev not in self.devices:

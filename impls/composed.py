@@ -33,6 +33,7 @@ def _stage_weights(prm):
 
 class TorchComposed(Implementation):
     name = "torch"
+    role = "peer"
     devices = ("cpu", "cuda")
     dtypes = {"cpu": (torch.float32, torch.float64), "cuda": _CUDA_FLOATS}
     description = "three F.conv2d calls with PyTorch's own dispatch; backward by aten.convolution_backward"
@@ -97,6 +98,7 @@ class Cudnn(Implementation):
     with PyTorch's reference convolutions."""
 
     name = "cudnn"
+    role = "peer"
     devices = ("cuda",)
     dtypes = {"cuda": _CUDA_FLOATS}
     description = "three convolutions forced through cuDNN (torch.cudnn_convolution), backward through cuDNN too"

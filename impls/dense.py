@@ -20,6 +20,7 @@ from .params import FlatGrads
 
 class Dense(Implementation):
     name = "dense"
+    role = "baseline"
     devices = ("cpu", "cuda")
     dtypes = {"cpu": (torch.float32, torch.float64), "cuda": _CUDA_FLOATS}
     description = "the dense k x k convolution with the composed rank-1 filter (the baseline)"

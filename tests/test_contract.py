@@ -37,6 +37,53 @@ def test_every_implementation_declares_itself():
         assert impl.unavailable_reason("meta") is not None
 
 
+def test_every_implementation_declares_role_and_directions():
+    from impls.base import DIRECTIONS, ROLES
+
+    baselines = [n for n in impls.names() if impls.get(n).baseline]
+    assert baselines == ["dense"]  # one denominator for every speedup
+    for name in impls.names():
+        impl = impls.get(name)
+        assert impl.role in ROLES, name
+        assert "forward" in impl.directions and set(impl.directions) <= set(DIRECTIONS), name
+
+
+class _InferenceOnly(impls.get("torch").__class__):
+    name = "inference_only"
+    directions = ("forward",)
+
+
+def test_inference_only_implementation_says_so_per_direction():
+    impl = _InferenceOnly()
+    assert impl.unavailable_reason("cpu") is None
+    assert impl.unavailable_reason("cpu", "forward") is None
+    assert impl.unavailable_reason("cpu", "stage:lateral") is None  # a stage is a piece of inference
+    for direction in ("backward", "train"):
+        assert impl.unavailable_reason("cpu", direction) == f"inference_only serves inference only (no {direction})"
+    assert impl.unavailable_reason("cuda", "backward") != impl.unavailable_reason("cpu", "backward")
+    with pytest.raises(ValueError, match="direction"):
+        impl.unavailable_reason("cpu", "sideways")
+    prepared = impl.prepare(impls.FlatParams.random(3, 4, 3))
+    x = torch.randn(1, 3, 6, 6)
+    assert impl.forward(x, prepared, padding=1).shape == (1, 4, 6, 6)
+    with pytest.raises(NotImplementedError, match="forward only"):
+        impl.forward_train(x, prepared, padding=1)
+
+
+def test_module_runs_inference_through_forward_and_refuses_training_without_backward(monkeypatch):
+    from impls import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    impls.register(_InferenceOnly())
+    layer = impls.FlattenedConv2d(3, 4, 3, padding=1, impl="inference_only", seed=0)
+    twin = impls.FlattenedConv2d(3, 4, 3, padding=1, impl="torch", seed=0)
+    x = torch.randn(2, 3, 7, 7)
+    with torch.no_grad():
+        assert torch.equal(layer(x), twin(x))
+    with pytest.raises(NotImplementedError, match="forward only"):
+        layer(x).sum().backward()
+
+
 def test_cuda_implementations_explain_missing_gpu():
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")

@@ -62,11 +62,9 @@ class _CupyBase(Implementation):
     devices = ("cuda",)
     dtypes = {"cuda": _DTYPES}
     fused = False
+    role = "handwritten"
 
-    def unavailable_reason(self, device) -> str | None:
-        dev = torch.device(device).type
-        if dev not in self.devices:
-            return super().unavailable_reason(device)
+    def _platform_reason(self, device_type: str) -> str | None:
         missing = cupy_missing_reason()
         if not torch.cuda.is_available():
             reason = "no CUDA device (torch.cuda.is_available() is False)"

@@ -31,6 +31,7 @@ _SUFFIX = {torch.float32: ("f32", "float *"), torch.float64: ("f64", "double *")
 
 class _OpenMPBase(Implementation):
     devices = ("cpu",)
+    role = "handwritten"
     dtypes = {"cpu": (torch.float32, torch.float64)}
 
     # ---- availability and runtime ----------------------------------------------------
