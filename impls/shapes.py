@@ -138,5 +138,30 @@ class LayerShape:
         train = fwd + e["y"] + e["x"] + p  # plus reading grad_y, writing grad_x and the weight gradients
         return {"forward": fwd, "backward": bwd, "train": train}[direction] * itemsize
 
+    def stage_group_bytes(self, stages: list[str] | tuple[str, ...], itemsize: int = 4) -> int:
+        """Minimum bytes of consecutive stages run as one kernel: the first stage's input
+        and weights, the last stage's output and weights; the tensors between them never
+        leave the chip in an ideal fused kernel."""
+        for stage in stages:
+            if stage not in STAGES:
+                raise ValueError(f"stage: expected one of {STAGES}, got {stage!r}")
+        if len(stages) == 1:
+            return self.stage_bytes(stages[0], itemsize)
+        e = self._elements()
+        first, last = self.stage_bytes(stages[0], itemsize), self.stage_bytes(stages[-1], itemsize)
+        # the tensor the first stage writes and the last one reads, when they are neighbours
+        between = {("vertical", "horizontal"): e["t2"], ("lateral", "vertical"): e["t1"]}.get((stages[0], stages[-1]))
+        return first + last if between is None else first + last - 2 * between * itemsize
+
+    def work(self, direction: str, kind: str = "flat", itemsize: int = 4) -> tuple[int | None, int | None]:
+        """(FLOPs, minimum bytes) of one case: a direction of the whole layer, or
+        "stage:<a>+<b>" for one kernel running stages a..b (unknown stage names: None)."""
+        if direction.startswith("stage:"):
+            stages = direction.split(":", 1)[1].split("+")
+            if not all(s in STAGES for s in stages):
+                return None, None
+            return sum(self.stage_flops(s) for s in stages), self.stage_group_bytes(stages, itemsize)
+        return self.flops(direction, kind), self.min_bytes(direction, kind, itemsize)
+
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)

@@ -1,0 +1,237 @@
+"""The results record: one definition, used by the harness to write and by reports/ to read.
+
+A record is one case measured once (or skipped, or failed, with the reason). `Record`
+lists every field with its type and meaning; `Record.to_json()` is what the harness writes
+(a line of a .jsonl file, or `extra_info` of a pytest-benchmark benchmark); `upgrade()`
+turns a record of any earlier schema version into the current one; `rates()` derives
+GFLOP/s, GB/s, intensity and the roofline fraction, the one place those are computed.
+
+This module imports neither torch nor anything of the harness, so reports/ can import it
+(and `python -m bench.schema` prints the field table that docs/DESIGN.md carries).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import math
+import sys
+import zlib
+from typing import Any
+
+import numpy as np
+
+# 1: the records of the first sweeps (no version field; the baseline was the impl "dense").
+# 2: schema_version, role and baseline, the 95% interval of the median, the raw samples.
+SCHEMA_VERSION = 2
+STATUSES = ("ok", "failed", "skipped")
+# A case's direction is one of these, or stage:<name>[+<name>...] for one kernel alone.
+LAYER_DIRECTIONS = ("forward", "backward", "train")
+
+
+def _field(doc: str, default: Any = None):
+    return dataclasses.field(default=default, metadata={"doc": doc})
+
+
+@dataclasses.dataclass
+class Record:
+    """One case's result. Times are seconds, sizes bytes, rates per second."""
+
+    # ---- identity
+    run_id: str = _field("`<UTC time>-<host>-<pid>`: one process's run; ratios are taken within a run")
+    case: str = _field("`impl/device/table:row/dtype/direction`, unique in a run")
+    impl: str = _field("implementation name (`impls.names()`)")
+    role: str | None = _field("what the implementation is: baseline, peer, handwritten or simple")
+    baseline: bool | None = _field("true for the implementation every speedup is measured against")
+    device: str = _field("`cpu` or `cuda`")
+    table: str = _field("layer table (`smoke`, `paper`, `sweep`, `model`)")
+    shape: str = _field("row name: `c64-n64-s32-k3` is C, N, H = W, k; `-pP` when padding is not k//2")
+    dtype: str = _field("`float32`, `float64`, ...")
+    direction: str = _field("`forward`, `backward`, `train`, or `stage:<name>` (one kernel; fused groups joined by `+`)")
+    batch: int | None = _field("the layer: batch B")
+    in_channels: int | None = _field("the layer: C")
+    out_channels: int | None = _field("the layer: N")
+    height: int | None = _field("the layer: H")
+    width: int | None = _field("the layer: W")
+    kernel_size: int | None = _field("the layer: k")
+    padding: int | None = _field("the layer: p")
+    params: int | None = _field("parameters of this implementation's layer (flattened, or dense for the baseline)")
+    flops: int | None = _field("FLOPs of the case (2 per multiply-add, 1 per bias add), from the shape")
+    bytes: int | None = _field("minimum bytes the case must move (every input read once, every output written once)")
+    schema_version: int = _field("version of this schema the record was written in", SCHEMA_VERSION)
+    # ---- outcome
+    status: str = _field("`ok`, `failed` or `skipped`", "ok")
+    reason: str | None = _field("why a case failed or was skipped (one line)")
+    exit_signal: str | None = _field("with --isolate: the signal that ended the case's process (SIGSEGV, SIGKILL...)")
+    timer: str | None = _field("`perf_counter` (CPU) or `cuda_event` (GPU)")
+    timestamp: str | None = _field("when the record was written (UTC, ISO 8601)")
+    commit: str | None = _field("git commit measured")
+    # ---- the gate
+    max_rel_error: float | None = _field("the correctness gate: worst relative error against the float64 oracle")
+    errors: dict | None = _field("the gate per output and gradient field")
+    warmup_calls: int | None = _field("calls made to reach steady state before timing")
+    runtime: dict | None = _field("the implementation's `runtime_info()`: instruction set, OpenMP runtime, threads...")
+    compile_seconds: float | None = _field("seconds the implementation spent compiling for this case (outside timing)")
+    # ---- time
+    time_median: float | None = _field("median seconds per call")
+    time_q1: float | None = _field("first quartile of the per-call times")
+    time_q3: float | None = _field("third quartile")
+    time_iqr: float | None = _field("q3 - q1")
+    time_mean: float | None = _field("mean seconds per call")
+    time_min: float | None = _field("fastest call")
+    time_stddev: float | None = _field("standard deviation of the per-call times")
+    rounds: int | None = _field("timed calls")
+    time_ci95_low: float | None = _field("95% confidence interval of the median, lower end (order statistics)")
+    time_ci95_high: float | None = _field("95% confidence interval of the median, upper end")
+    time_samples: dict | None = _field("the raw per-call times, compressed (`decode_samples`)")
+    stop_rule: str | None = _field("why sampling stopped: the interval of the median was narrow enough, or a cap")
+    time_repeat_median: float | None = _field("a second measurement of the case in the same run (its agreement)")
+    interleave_passes: int | None = _field("passes in which the cases of a layer were timed together, shuffled")
+    time_pass_medians: list | None = _field("the median of each pass")
+    attempt: int | None = _field("1 for a case's first measurement in a run; 2, ... when it was measured again "
+                                 "(a flagged case re-measured at the end of the run); readers keep the latest")
+    earlier_attempts: list | None = _field("the earlier measurements of this case in this run (their time fields)")
+    # ---- rates and the roofline
+    gflops: float | None = _field("achieved GFLOP/s (flops / time_median)")
+    gbps: float | None = _field("achieved GB/s (bytes / time_median)")
+    intensity: float | None = _field("flops / bytes")
+    roofline_fraction: float | None = _field("achieved FLOP/s / min(sgemm, intensity x copy bandwidth) of the machine")
+    roofline_note: str | None = _field("why a fraction above 1 is not an error (e.g. Winograd does fewer multiplications)")
+    # ---- how the machine was while the case ran
+    probe_gflops: float | None = _field("CPU: GFLOP/s of a 256^3 in-cache matmul before and after the case, the lower")
+    cpu_utilization: float | None = _field("process CPU seconds per wall second while timed")
+    # ---- memory, GPU
+    peak_bytes: int | None = _field("extra memory one call needs at its peak")
+    peak_method: str | None = _field("how peak_bytes was measured")
+    time_graph_median: float | None = _field("GPU: kernel-only seconds per call by CUDA-graph replay")
+    graph_note: str | None = _field("GPU: why a graph could not be captured")
+    time_cold_median: float | None = _field("GPU: median seconds per call with the L2 cache flushed before each call")
+    tf32: dict | None = _field("GPU: the TF32 flags in force (cuBLAS matmul, cuDNN)")
+    gpu_state: dict | None = _field("GPU: NVML readings before and after the case (SM and memory clocks, "
+                                    "temperature, power, throttle reasons)")
+    sm_clock_mhz_min: float | None = _field("GPU: the lowest SM clock read around the case")
+    throttled: bool | None = _field("GPU: SM clock below 90% of its maximum, or a throttle reason other than idle")
+    energy_mj: float | None = _field("GPU: millijoules per call (NVML's energy counter over the timed calls)")
+    energy_note: str | None = _field("GPU: why energy_mj is null")
+    kernels: list | None = _field("what one call ran (profiler names), most expensive first")
+    # ---- the model table
+    network: str | None = _field("model table: `baseline` or `flattened` network")
+    conv_params: int | None = _field("model table: parameters of the network's convolutions")
+    images_per_s: float | None = _field("model table: batch / time_median")
+    # ---- the machine
+    machine: dict | None = _field("host, CPU, cores, memory, GPU, versions, threads, measured ceilings (MACHINE_FIELDS)")
+
+    def to_json(self) -> dict:
+        """The record as written: every field, JSON types only (non-finite floats -> null)."""
+        return _jsonable(dataclasses.asdict(self))
+
+
+# Keys of the `machine` field that the reports show.
+MACHINE_FIELDS = {
+    "host": "host name", "platform": "OS and kernel", "python": "Python version",
+    "cpu_model": "CPU model", "cpu_isa": "widest vector instruction set of the CPU (avx512, avx2, ...)",
+    "cpu_cores_physical": "physical cores", "cpu_cores_logical": "logical cores", "cpu_freq_mhz": "CPU MHz (max)",
+    "memory_bytes": "memory", "gpu_name": "GPU", "gpu_driver": "GPU driver", "gpu_memory_bytes": "GPU memory",
+    "gpu_clocks": "GPU clocks (MHz)", "torch_version": "torch", "cuda_version": "CUDA (torch's)",
+    "cudnn_version": "cuDNN", "cupy_version": "CuPy", "compiler": "C compiler", "torch_threads": "torch threads",
+    "threads": "threads of the case", "glibc_tunables": "GLIBC_TUNABLES in force", "env": "recorded environment",
+    "copy_gbps": "copy GB/s, the best measured in the run so far", "sgemm_gflops": "sgemm GFLOP/s, the best so far",
+    "ceilings": "every ceiling measurement of the run so far: [{at, threads, copy_gbps, sgemm_gflops}]",
+    "timer_overhead_s": "seconds the timing loop adds per call", "load_avg_1min": "load average when the case ran",
+}
+
+# Column sets for readers.
+FIELDS = [f.name for f in dataclasses.fields(Record)]
+NESTED_FIELDS = [f.name for f in dataclasses.fields(Record) if f.type.split(" ")[0] in ("dict", "list")]
+NUMERIC_FIELDS = [f.name for f in dataclasses.fields(Record) if f.type.split(" ")[0] in ("int", "float")]
+
+
+def upgrade(record: dict) -> dict:
+    """A record of any schema version in the current one's terms (a new dict). Version 1
+    had no version field and knew the baseline only by its name, "dense"."""
+    rec = dict(record)
+    version = rec.get("schema_version") or 1
+    if version < 2:
+        rec.setdefault("baseline", rec.get("impl") == "dense")
+        rec.setdefault("role", "baseline" if rec["baseline"] else None)
+    rec["schema_version"] = version
+    return rec
+
+
+# ---------------------------------------------------------------------------- raw samples
+_CODEC = "float32-zlib-base64"
+
+
+def encode_samples(seconds) -> dict:
+    """Per-call times, stored compactly (float32 keeps 7 significant digits; a timer
+    resolves 3-4)."""
+    data = np.asarray(seconds, dtype="<f4").tobytes()
+    return {"codec": _CODEC, "n": len(seconds), "data": base64.b64encode(zlib.compress(data, 9)).decode("ascii")}
+
+
+def decode_samples(value) -> list[float] | None:
+    """The per-call times of `time_samples` (also a plain list), or None."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [float(v) for v in value]
+    if not isinstance(value, dict) or value.get("codec") != _CODEC:
+        raise ValueError(f"time_samples: expected a {_CODEC} dict or a list, got {str(value)[:80]}")
+    raw = zlib.decompress(base64.b64decode(value["data"]))
+    return np.frombuffer(raw, dtype="<f4").astype(float).tolist()
+
+
+# ---------------------------------------------------------------------------- derived metrics
+def rates(flops, nbytes, seconds, copy_gbps=None, sgemm_gflops=None) -> dict:
+    """GFLOP/s, GB/s, intensity (FLOPs per byte), the roofline's GFLOP/s at that intensity
+    (min of sgemm and intensity x copy bandwidth) and the fraction of it reached. Works on
+    numbers (None for what cannot be computed) and on numpy arrays or pandas Series
+    (NaN)."""
+    vector = not all(v is None or np.isscalar(v) for v in (flops, nbytes, seconds, copy_gbps, sgemm_gflops))
+
+    def num(v):
+        if vector:
+            return np.asarray(v if v is not None else np.nan, dtype=float)
+        return float("nan") if v is None else float(v)
+
+    f, b, t, copy, sgemm = map(num, (flops, nbytes, seconds, copy_gbps, sgemm_gflops))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gflops = f / t / 1e9
+        gbps = b / t / 1e9
+        intensity = f / b
+        roof = np.minimum(sgemm, intensity * copy)
+        fraction = gflops / roof
+    out = {"gflops": gflops, "gbps": gbps, "intensity": intensity, "roofline_gflops": roof,
+           "roofline_fraction": fraction}
+    if not vector:
+        out = {k: (float(v) if math.isfinite(v) and v > 0 else None) for k, v in out.items()}
+    return out
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return str(value)  # torch.dtype, torch.device, paths: their printed form
+
+
+def markdown_table() -> str:
+    """The field table of docs/DESIGN.md, generated from `Record`."""
+    lines = ["| field | type | meaning |", "| --- | --- | --- |"]
+    for f in dataclasses.fields(Record):
+        kind = f.type.replace(" | None", "")
+        lines.append(f"| `{f.name}` | {kind} | {f.metadata['doc']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown_table() + "\n")
