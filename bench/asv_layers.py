@@ -3,29 +3,27 @@
 
 The layer table comes from the environment variable BENCH_ASV_PRESET (comma-separated
 tables, default "paper"). asv runs this file against old commits too: whatever such a
-commit lacks (an implementation, the harness's imports) makes `setup` raise
-NotImplementedError, which asv records as skipped.
+commit lacks (an implementation, a layer) makes `setup` raise NotImplementedError, which
+asv records as skipped. Set-up and the gate are the harness driver's (bench/driver.py).
 """
 
 import os
 
 try:
-    import impls
-    from bench import harness
-    from bench.shapes import rows
+    from bench import asv_support, cases, memory, tables, timing
 
     IMPORT_ERROR = None
 except Exception as e:  # noqa: BLE001 - an old commit's package may lack what bench needs
-    impls = harness = rows = None
+    asv_support = cases = memory = tables = timing = None
     IMPORT_ERROR = f"{type(e).__name__}: {e}"
 
 TABLES = [t for t in os.environ.get("BENCH_ASV_PRESET", "paper").split(",") if t]
-DEVICES, IMPL_NAMES = harness.asv_grid() if harness else (["cpu"], ["dense", "torch"])
-LAYERS = [f"{t}:{r.name}" for t in TABLES for r in rows(t)] if rows else []
+DEVICES, IMPL_NAMES = cases.asv_grid() if cases else (["cpu"], ["dense", "torch"])
+LAYERS = [f"{t}:{r.name}" for t in TABLES for r in tables.rows(t)] if tables else []
 
 
 class _Layer:
-    """Shared setup: one harness case per parameter combination."""
+    """Shared setup: one gated, warmed-up case per parameter combination."""
 
     direction = "forward"
     params = [IMPL_NAMES, DEVICES, LAYERS]
@@ -38,23 +36,22 @@ class _Layer:
         if IMPORT_ERROR:
             raise NotImplementedError(IMPORT_ERROR)
         table, row_name = layer.split(":", 1)
-        row = next((r for r in rows(table) if r.name == row_name), None)
-        if row is None:
-            raise NotImplementedError(f"layer {layer} is not in this version's tables")
-        case = harness.Case(impl, device, table, row, "float32", self.direction)
         try:
-            self.bench = harness.setup_case(case)
-        except harness.Unavailable as e:
-            raise NotImplementedError(str(e)) from None
+            row = tables.find(table, row_name)
+        except ValueError:
+            raise NotImplementedError(f"layer {layer} is not in this version's tables") from None
+        self.bench = asv_support.set_up(cases.Case(impl, device, table, row, "float32", self.direction))
 
     def track_peak_bytes(self, impl, device, layer):
-        return harness.peak_bytes(self.bench)[0]
+        return memory.peak_bytes(self.bench)[0]
 
     track_peak_bytes.unit = "bytes"
 
     def track_gflops(self, impl, device, layer):
-        stats = harness.measure_time(self.bench, min_time=0.2)
-        return self.bench.case.describe()["flops"] / stats["time_median"] / 1e9
+        flops = self.bench.case.describe()["flops"]
+        if flops is None:
+            raise NotImplementedError("this version's impls.shapes cannot count the case's FLOPs")
+        return flops / timing.measure(self.bench, asv_support.TRACK_RULE)["time_median"] / 1e9
 
     track_gflops.unit = "GFLOP/s"
 

@@ -7,7 +7,7 @@ training times across commits.
 
 `ModelForward` and `ModelTrain` time one forward pass (inference) and one training step
 (forward, cross-entropy, backward, SGD update) of a whole network per (implementation,
-device, network config): the "model" table. The impl "dense" is the baseline network
+device, network config): the "model" table. The baseline implementation (dense) stands for the baseline network
 (nn.Conv2d); every other implementation runs the flattened twin. The configs come from
 BENCH_ASV_PRESET like bench/asv_layers.py (default "paper" -> the CIFAR-sized net; "smoke"
 -> the 8x8 digits net).
@@ -20,17 +20,16 @@ NotImplementedError, which asv records as skipped, never an import error.
 import os
 
 try:
-    import impls
-    from bench import harness, models
+    from bench import asv_support, cases, memory, models, timing
 
     IMPORT_ERROR = None
 except Exception as e:  # noqa: BLE001 - an old commit's package may lack what bench needs
-    impls = harness = models = None
+    asv_support = cases = memory = models = timing = None
     IMPORT_ERROR = f"{type(e).__name__}: {e}"
 
 NETWORKS = ["baseline", "flattened"]
 TABLES = [t for t in os.environ.get("BENCH_ASV_PRESET", "paper").split(",") if t]
-DEVICES, IMPL_NAMES = harness.asv_grid() if harness else (["cpu"], ["dense", "torch"])
+DEVICES, IMPL_NAMES = cases.asv_grid() if cases else (["cpu"], ["dense", "torch"])
 CONFIGS = models.model_configs(TABLES) if models else ["cifar"]
 
 
@@ -93,22 +92,18 @@ class _Model:
     def setup(self, impl, device, config):
         if IMPORT_ERROR:
             raise NotImplementedError(IMPORT_ERROR)
-        case = models.ModelCase(impl, device, config, "float32", self.direction)
         try:
-            self.bench = models.setup_model_case(case)
-        except harness.Unavailable as e:
-            raise NotImplementedError(str(e)) from None
+            self.bench = asv_support.set_up(models.ModelCase(impl, device, config, "float32", self.direction))
         except (ImportError, AttributeError, TypeError) as e:  # an old impls without what the nets need
             raise NotImplementedError(f"{type(e).__name__}: {e}") from None
 
     def track_peak_bytes(self, impl, device, config):
-        return harness.peak_bytes(self.bench)[0]
+        return memory.peak_bytes(self.bench)[0]
 
     track_peak_bytes.unit = "bytes"
 
     def track_images_per_second(self, impl, device, config):
-        stats = harness.measure_time(self.bench, min_time=0.2)
-        return self.bench.case.batch / stats["time_median"]
+        return self.bench.case.batch / timing.measure(self.bench, asv_support.TRACK_RULE)["time_median"]
 
     track_images_per_second.unit = "images/s"
 

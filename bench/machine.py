@@ -1,12 +1,16 @@
-"""Machine metadata and measured ceilings, gathered once per process.
+"""Machine metadata and measured ceilings.
 
 psutil describes the CPU and memory, pynvml (from the nvidia-ml-py distribution) the GPU;
 the ceilings are measured here, not taken from datasheets: copy bandwidth (bytes read +
-written by a large tensor copy) and the framework's sgemm rate.
+written by a large tensor copy) and the framework's sgemm rate. A shared machine has slow
+stretches, so a run measures its ceilings several times (`CeilingLog`: at its start and
+then every couple of minutes, at the thread count of the case about to run) and every
+record carries all of them; the roofline uses the run's best.
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
 import os
 import platform
@@ -16,7 +20,7 @@ import time
 
 import torch
 
-# Environment settings that change CPU timings (DESIGN.md section 4), recorded as found.
+# Environment settings that change CPU timings (docs/DESIGN.md, "Measured pitfalls"), recorded as found.
 RECORDED_ENV = ("GLIBC_TUNABLES", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "OMP_PROC_BIND", "MKL_NUM_THREADS",
                 "KMP_AFFINITY", "CUDA_VISIBLE_DEVICES")
 
@@ -30,6 +34,20 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_isa() -> str:
+    """The widest vector instruction set the CPU reports: avx512, avx2, avx, sse or the
+    architecture's name. Results of different instruction sets are never compared."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith(("flags", "Features"))), [])
+    except OSError:
+        flags = []
+    for flag, name in (("avx512f", "avx512"), ("avx2", "avx2"), ("avx", "avx"), ("sse4_2", "sse"), ("asimd", "neon")):
+        if flag in flags:
+            return name
+    return platform.machine()
 
 
 def _compiler() -> str | None:
@@ -94,6 +112,7 @@ def metadata() -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu_model": _cpu_model(),
+        "cpu_isa": cpu_isa(),
         "cpu_cores_physical": psutil.cpu_count(logical=False),
         "cpu_cores_logical": psutil.cpu_count(logical=True),
         "cpu_freq_mhz": round(freq.max or freq.current) if freq else None,
@@ -131,25 +150,64 @@ def _median_seconds(fn, device: str, repeats: int = 7) -> float:
     return sorted(times)[len(times) // 2]
 
 
-@functools.lru_cache(maxsize=None)
 def ceilings(device: str) -> dict:
-    """Measured copy bandwidth (GB/s, read + write) and sgemm rate (GFLOP/s) of `device`,
-    once per process: the roofline every result is compared with."""
+    """Measured copy bandwidth (GB/s, read + written) and sgemm rate (GFLOP/s) of `device`
+    at the threads in force: about 1.5 s on the 2-core CPU machine."""
     big = 1 << 26 if device == "cuda" else 1 << 24  # 256 MB / 64 MB of float32
     src = torch.randn(big, device=device)
     dst = torch.empty_like(src)
     for _ in range(3):
         dst.copy_(src)
     copy_s = _median_seconds(lambda: dst.copy_(src), device)
-    n = 8192 if device == "cuda" else 2048
+    # 1536^3 on the CPU reaches the rate of 2048^3 within a few percent, in half the time
+    n = 8192 if device == "cuda" else 1536
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    for _ in range(2):
-        a @ b
-    gemm_s = _median_seconds(lambda: a @ b, device)
+    a @ b
+    gemm_s = _median_seconds(lambda: a @ b, device, repeats=5)
     return {
-        "device": device,
+        "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "threads": torch.get_num_threads(),
         "copy_gbps": 2 * big * 4 / copy_s / 1e9,
         "sgemm_gflops": 2 * n**3 / gemm_s / 1e9,
         "sgemm_size": n,
         "copy_bytes": 2 * big * 4,
     }
+
+
+class CeilingLog:
+    """Every ceiling measurement of this run, per device and thread count. `update` measures
+    when there is none yet for the pair, or the last one is `interval_s` old."""
+
+    def __init__(self, interval_s: float = 120.0, measure=ceilings):
+        self.interval_s, self._measure = interval_s, measure
+        self.entries: dict[tuple[str, int], list[dict]] = {}
+        self._last: dict[tuple[str, int], float] = {}
+
+    def update(self, device: str, force: bool = False) -> None:
+        key = (device, torch.get_num_threads())
+        now = time.monotonic()
+        if force or key not in self._last or now - self._last[key] >= self.interval_s:
+            self.entries.setdefault(key, []).append(self._measure(device))
+            self._last[key] = time.monotonic()
+
+    def fields(self, device: str, threads: int | None = None) -> dict:
+        """The machine record's ceiling fields: the best so far and every measurement."""
+        key = (device, torch.get_num_threads() if threads is None else threads)
+        entries = self.entries.get(key, [])
+        if not entries:
+            return {}
+        return {"copy_gbps": max(e["copy_gbps"] for e in entries),
+                "sgemm_gflops": max(e["sgemm_gflops"] for e in entries), "ceilings": list(entries)}
+
+
+def record(device: str, threads: int | None, ceiling_log: CeilingLog | None, timer_overhead_s: float | None) -> dict:
+    """The `machine` field of a record: the metadata, the run's ceilings for the case's
+    device and threads, and how busy the machine was when the case ran."""
+    info = dict(metadata())
+    if ceiling_log is not None:
+        info.update(ceiling_log.fields(device, threads))
+    info["torch_threads"] = torch.get_num_threads()
+    info["threads"] = threads
+    info["timer_overhead_s"] = timer_overhead_s
+    info["load_avg_1min"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return info

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import math
+import random
 import sys
 import zlib
 from typing import Any
@@ -158,15 +159,71 @@ def upgrade(record: dict) -> dict:
     return rec
 
 
+# ---------------------------------------------------------------------------- trust
+# A timed case deserves less trust when its calls spread widely, when a second measurement
+# in the same run disagrees, when the compute probe around it ran well below the run's best
+# (the cores were slow then), when the interval of its median is wide, or when a GPU
+# throttled. The harness re-measures such cases at the end of a run; the report lists them.
+SPREAD, REPEAT, SLOW_PROBE, WIDE_CI = 0.10, 0.10, 0.08, 0.05
+# The time fields of a measurement that a later attempt keeps in `earlier_attempts`.
+ATTEMPT_FIELDS = ("time_median", "time_ci95_low", "time_ci95_high", "time_iqr", "time_repeat_median", "rounds",
+                  "probe_gflops", "stop_rule", "timestamp")
+
+
+def _num(value) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def quality_flags(rec: dict, best_probe: float | None = None) -> list[str]:
+    """Why a timed record deserves less trust (empty: nothing to say). `best_probe` is the
+    best compute probe of its run at its thread count."""
+    med = _num(rec.get("time_median"))
+    if rec.get("status") != "ok" or not med:
+        return []
+    flags = []
+    iqr = _num(rec.get("time_iqr"))
+    if iqr is not None and iqr / med > SPREAD:
+        flags.append(f"IQR {iqr / med:.0%} of the median")
+    rep = _num(rec.get("time_repeat_median"))
+    if rep is not None and abs(rep / med - 1) > REPEAT:
+        flags.append(f"repeat {rep / med:.2f}x")
+    probe = _num(rec.get("probe_gflops"))
+    if probe is not None and best_probe and probe < (1 - SLOW_PROBE) * best_probe:
+        flags.append(f"compute probe {1 - probe / best_probe:.0%} below its run's best")
+    low, high = _num(rec.get("time_ci95_low")), _num(rec.get("time_ci95_high"))
+    if low is not None and high is not None and (high - low) / 2 / med > WIDE_CI:
+        flags.append(f"95% interval ±{(high - low) / 2 / med:.0%}")
+    if rec.get("throttled") is True:
+        flags.append("GPU throttled")
+    return flags
+
+
 # ---------------------------------------------------------------------------- raw samples
-_CODEC = "float32-zlib-base64"
+# Per-call times are kept for the statistics that need them (the regression gate's
+# Mann-Whitney test), compactly: the log of each time over the fastest, in steps of 0.1%
+# (finer than a timer resolves a microsecond call), as 16-bit integers, compressed. A case
+# with more than MAX_SAMPLES calls keeps a seeded random subset of them, in order.
+_CODEC = "log-step-u16-zlib-base64"
+_OLD_CODEC = "float32-zlib-base64"  # the first codec; still read
+SAMPLE_STEP = 1e-3
+MAX_SAMPLES = 2000
 
 
-def encode_samples(seconds) -> dict:
-    """Per-call times, stored compactly (float32 keeps 7 significant digits; a timer
-    resolves 3-4)."""
-    data = np.asarray(seconds, dtype="<f4").tobytes()
-    return {"codec": _CODEC, "n": len(seconds), "data": base64.b64encode(zlib.compress(data, 9)).decode("ascii")}
+def encode_samples(seconds, max_kept: int = MAX_SAMPLES) -> dict:
+    xs = [max(float(t), 1e-12) for t in seconds]
+    n = len(xs)
+    if n > max_kept:
+        keep = sorted(random.Random(0).sample(range(n), max_kept))
+        xs = [xs[i] for i in keep]
+    base = min(xs) if xs else 1.0
+    steps = np.rint(np.log(np.asarray(xs, dtype=float) / base) / math.log1p(SAMPLE_STEP))
+    data = np.clip(steps, 0, 65535).astype("<u2").tobytes()
+    return {"codec": _CODEC, "n": n, "kept": len(xs), "base": base, "step": SAMPLE_STEP,
+            "data": base64.b64encode(zlib.compress(data, 9)).decode("ascii")}
 
 
 def decode_samples(value) -> list[float] | None:
@@ -175,10 +232,14 @@ def decode_samples(value) -> list[float] | None:
         return None
     if isinstance(value, list):
         return [float(v) for v in value]
-    if not isinstance(value, dict) or value.get("codec") != _CODEC:
+    codec = value.get("codec") if isinstance(value, dict) else None
+    if codec not in (_CODEC, _OLD_CODEC):
         raise ValueError(f"time_samples: expected a {_CODEC} dict or a list, got {str(value)[:80]}")
     raw = zlib.decompress(base64.b64decode(value["data"]))
-    return np.frombuffer(raw, dtype="<f4").astype(float).tolist()
+    if codec == _OLD_CODEC:
+        return np.frombuffer(raw, dtype="<f4").astype(float).tolist()
+    steps = np.frombuffer(raw, dtype="<u2").astype(float)
+    return (value["base"] * np.power(1.0 + value["step"], steps)).tolist()
 
 
 # ---------------------------------------------------------------------------- derived metrics
@@ -208,6 +269,27 @@ def rates(flops, nbytes, seconds, copy_gbps=None, sgemm_gflops=None) -> dict:
     return out
 
 
+def ratio_interval(base: dict, rec: dict) -> tuple[float, float, float] | None:
+    """base's median over rec's (a speedup when base is the baseline's record) and its 95%
+    interval, or None without both medians. The two medians were measured independently:
+    in log space their intervals' half-widths add in quadrature. Without an interval on
+    either side the ratio's interval is the ratio itself, and says nothing."""
+    b, r = _num(base.get("time_median")), _num(rec.get("time_median"))
+    if not b or not r:
+        return None
+    ratio = b / r
+
+    def log_halfwidth(x):
+        low, high = _num(x.get("time_ci95_low")), _num(x.get("time_ci95_high"))
+        return (math.log(high) - math.log(low)) / 2 if low and high and high >= low > 0 else None
+
+    hb, hr = log_halfwidth(base), log_halfwidth(rec)
+    if hb is None or hr is None:
+        return ratio, ratio, ratio
+    h = math.hypot(hb, hr)
+    return ratio, ratio * math.exp(-h), ratio * math.exp(h)
+
+
 def _jsonable(value):
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -233,5 +315,22 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
+MARKERS = ("<!-- schema-table -->", "<!-- /schema-table -->")
+
+
+def with_table(doc: str) -> str:
+    """`doc` with the text between MARKERS replaced by the current field table."""
+    start, end = doc.index(MARKERS[0]) + len(MARKERS[0]), doc.index(MARKERS[1])
+    return doc[:start] + "\n" + markdown_table() + "\n" + doc[end:]
+
+
 if __name__ == "__main__":
-    sys.stdout.write(markdown_table() + "\n")
+    # python -m bench.schema              prints the table
+    # python -m bench.schema FILE        rewrites the table between the markers of a Markdown FILE
+    if len(sys.argv) > 1:
+        from pathlib import Path
+
+        path = Path(sys.argv[1])
+        path.write_text(with_table(path.read_text(encoding="utf-8")), encoding="utf-8")
+    else:
+        sys.stdout.write(markdown_table() + "\n")

@@ -1,7 +1,7 @@
 """`dense`: the baseline every speedup is measured against.
 
 `prepare` composes the rank-1 N x C x k x k filter and the equivalent bias once
-(DESIGN.md section 1); forward is one dense `F.conv2d`. The result equals the flattened
+(docs/DESIGN.md, "The layer"); forward is one dense `F.conv2d`. The result equals the flattened
 layer exactly when padding is 0, or when the lateral and vertical biases are zero (with
 padding, the flattened layer pads *after* the inner biases, which no dense filter can
 express). Backward is the framework's dense convolution backward, chained to the six

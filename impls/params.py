@@ -1,4 +1,4 @@
-"""Parameters and gradients of one flattened layer (DESIGN.md section 1).
+"""Parameters and gradients of one flattened layer (docs/DESIGN.md, "The layer").
 
 `FlatParams` holds the six tensors of one lateral-vertical-horizontal stage and checks
 that their shapes, dtypes and devices agree; `FlatGrads` holds the gradient of the input
@@ -105,7 +105,7 @@ class FlatParams:
             vertical_bias=torch.zeros_like(self.vertical_bias),
         )
 
-    # Rank-1 dense equivalent (DESIGN.md section 1) -----------------------------------
+    # Rank-1 dense equivalent (docs/DESIGN.md, "The layer") ---------------------------
     def dense_weight(self) -> torch.Tensor:
         """W[n, c, i, j] = lateral[n, c] * vertical[n, i] * horizontal[n, j]."""
         return (

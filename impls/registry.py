@@ -1,14 +1,17 @@
 """The registry of implementations: `names()`, `get(name)`, `register(impl)`.
 
 Each implementation module exposes `IMPLEMENTATIONS`, a list of instances; the modules
-below are imported once, in order. A module must import without its optional
-dependencies (CuPy, a C compiler): it reports their absence through
-`unavailable_reason`, never by failing to import.
+below are imported once, in order, then those named in the environment variable
+FLATCONV_IMPLS (comma-separated module names: implementations of your own, measured by
+every entry point without editing this file, in child processes too). A module must
+import without its optional dependencies (CuPy, a C compiler): it reports their absence
+through `unavailable_reason`, never by failing to import.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 
 from .base import Implementation
 
@@ -37,7 +40,8 @@ def register(impl: Implementation) -> Implementation:
 
 
 def _load() -> None:
-    for module in _MODULES:
+    extra = [m.strip() for m in os.environ.get("FLATCONV_IMPLS", "").split(",") if m.strip()]
+    for module in _MODULES + tuple(extra):
         for impl in importlib.import_module(module).IMPLEMENTATIONS:
             register(impl)
 

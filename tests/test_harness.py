@@ -1,69 +1,285 @@
-"""The benchmark harness: gate, records, failure recording, streaming results, CLI."""
+"""The benchmark harness: cases, the gate, timers, records, the driver's failure paths,
+streaming and resumable results, --isolate, and the CLI's answers to mistakes."""
 
 import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import impls
-from bench import __main__ as cli
-from bench import harness
-from bench.shapes import TABLES, rows
+from bench import cases, cli, driver, gate, machine, memory, options, probes, records, schema, tables, timing
 from impls import registry
-from impls.composed import TorchComposed
 
+import broken_impls
 
-class _WrongAnswer(TorchComposed):
-    name = "wrong_answer"
-
-    def _forward_train(self, x, prepared, p):
-        y, saved = super()._forward_train(x, prepared, p)
-        return y * (1 + 1e-3), saved
-
-
-class _Crashes(TorchComposed):
-    name = "crashes"
-
-    def _forward_train(self, x, prepared, p):
-        raise RuntimeError("kernel exploded")
+REPO = Path(__file__).resolve().parents[1]
+FAST = timing.StopRule(min_time=0.01, max_time=0.05, rel_ci=None, min_rounds=8)
 
 
 @pytest.fixture
-def broken_impls(monkeypatch):
-    reg = dict(registry._REGISTRY)
-    monkeypatch.setattr(registry, "_REGISTRY", reg)
-    impls.register(_WrongAnswer())
-    impls.register(_Crashes())
-    yield
+def broken(monkeypatch):
+    """The registry with the misbehaving implementations of broken_impls.py added."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    for impl in broken_impls.IMPLEMENTATIONS:
+        impls.register(impl)
 
 
-def _case(impl="torch", direction="forward", table="smoke"):
-    return harness.Case(impl, "cpu", table, rows(table)[0], "float32", direction)
+def _case(impl="torch", direction="forward", table="smoke", device="cpu"):
+    return cases.Case(impl, device, table, tables.rows(table)[0], "float32", direction)
 
 
-REQUIRED_FIELDS = {"run_id", "case", "impl", "device", "shape", "dtype", "direction", "status", "reason",
-                   "time_median", "time_iqr", "peak_bytes", "flops", "bytes", "gflops", "gbps",
-                   "roofline_fraction", "max_rel_error", "machine", "params", "batch", "in_channels",
-                   "out_channels", "height", "width", "kernel_size", "padding", "kernels"}
+def _driver(**settings):
+    return driver.Driver(driver.Settings(**{"threads": 1, "rule": FAST, **settings}))
+
+
+# ---------------------------------------------------------------------------- records
+REQUIRED_FIELDS = {"run_id", "case", "impl", "role", "baseline", "device", "shape", "dtype", "direction", "status",
+                   "reason", "time_median", "time_iqr", "time_ci95_low", "time_ci95_high", "time_samples",
+                   "peak_bytes", "flops", "bytes", "gflops", "gbps", "roofline_fraction", "max_rel_error", "machine",
+                   "params", "batch", "in_channels", "out_channels", "height", "width", "kernel_size", "padding",
+                   "kernels", "schema_version", "stop_rule"}
 
 
 @pytest.mark.parametrize("direction", ["forward", "backward", "train", "stage:vertical"])
 def test_measure_produces_a_full_record(direction):
-    rec = harness.measure(_case(direction=direction), min_time=0.01, threads=1)
+    rec = _driver().measure(_case(direction=direction))
     assert rec["status"] == "ok", rec["reason"]
-    assert REQUIRED_FIELDS <= set(rec)
-    assert rec["time_median"] > 0 and rec["time_q1"] <= rec["time_median"] <= rec["time_q3"]
+    assert REQUIRED_FIELDS <= set(rec) and set(rec) == set(schema.FIELDS)
+    assert rec["schema_version"] == schema.SCHEMA_VERSION and rec["role"] == "peer" and rec["baseline"] is False
+    assert rec["time_q1"] <= rec["time_median"] <= rec["time_q3"]
+    assert rec["time_ci95_low"] <= rec["time_median"] <= rec["time_ci95_high"]
+    samples = schema.decode_samples(rec["time_samples"])
+    assert len(samples) == min(rec["rounds"], schema.MAX_SAMPLES) == rec["time_samples"]["kept"]
+    assert min(samples) >= rec["time_min"] * (1 - 1e-9)
+    assert statistics.median(samples) == pytest.approx(rec["time_median"], rel=0.05)
     assert rec["max_rel_error"] < 1e-4
-    assert rec["flops"] > 0 and rec["bytes"] > 0 and 0 < rec["roofline_fraction"] < 10
-    assert rec["machine"]["copy_gbps"] > 0 and rec["machine"]["sgemm_gflops"] > 0
-    assert rec["machine"]["threads"] == 1
-    assert 0 < rec["cpu_utilization"] < 4 and rec["machine"]["load_avg_1min"] >= 0
-    assert rec["probe_gflops"] > 1
+    machine_ = rec["machine"]
+    assert rec["flops"] > 0 and rec["bytes"] > 0
+    assert rec["gflops"] == pytest.approx(rec["flops"] / rec["time_median"] / 1e9)
+    roof = min(machine_["sgemm_gflops"], rec["intensity"] * machine_["copy_gbps"])
+    assert rec["roofline_fraction"] == pytest.approx(rec["gflops"] / roof)
+    assert machine_["threads"] == 1 and machine_["cpu_isa"] in ("avx512", "avx2", "avx", "sse", "neon", "x86_64")
+    assert machine_["ceilings"] and machine_["ceilings"][0]["threads"] == 1
+    assert 0 < rec["cpu_utilization"] < 4 and machine_["load_avg_1min"] >= 0
     json.dumps(rec)  # JSON-able as written
 
 
+def test_the_baseline_is_an_attribute_the_record_carries():
+    rec = _driver().measure(_case("dense"))
+    assert rec["baseline"] is True and rec["role"] == "baseline"
+    flat = _case("torch")
+    assert rec["params"] == flat.shape.params("dense") != flat.describe()["params"]
+
+
+def test_a_record_field_that_is_not_in_the_schema_is_an_error():
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        records.make_record(_case(), status="ok", time_medain=1.0)
+    with pytest.raises(ValueError, match="status"):
+        records.make_record(_case(), status="fine")
+
+
+def test_roofline_note_explains_fractions_above_one():
+    info = {"copy_gbps": 10.0, "sgemm_gflops": 100.0}
+    assert records.roofline_note({"roofline_fraction": 0.9, "intensity": 1.0}, {}, info) is None
+    memory_bound = records.roofline_note({"roofline_fraction": 1.4, "intensity": 1.0}, {"bytes": 2 ** 20}, info)
+    assert "memory-bound" in memory_bound and "1.0 MiB" in memory_bound
+    assert "Winograd" in records.roofline_note({"roofline_fraction": 1.4, "intensity": 50.0}, {"baseline": True}, info)
+    assert "sgemm" in records.roofline_note({"roofline_fraction": 1.4, "intensity": 50.0}, {"baseline": False}, info)
+
+
+# ---------------------------------------------------------------------------- failure paths
+def test_gate_failure_is_recorded_and_never_timed(broken):
+    rec = _driver().measure(_case("wrong_answer"))
+    assert rec["status"] == "failed"
+    assert "oracle" in rec["reason"] and "output" in rec["reason"]
+    assert rec["time_median"] is None and rec["rounds"] is None
+
+
+def test_an_exception_while_timed_is_recorded_by_the_driver():
+    def explode(bench):
+        raise MemoryError("out of memory in the timed call")
+
+    rec = _driver().measure_with(_case(), explode)
+    assert rec["status"] == "failed" and rec["reason"] == "MemoryError: out of memory in the timed call"
+    assert rec["max_rel_error"] is not None  # the gate passed; the record says so
+
+
+def test_crash_is_recorded_and_the_sweep_goes_on(broken, tmp_path):
+    out = tmp_path / "r.jsonl"
+    code = cli.main(["run", "--preset", "smoke", "--impl", "crashes,wrong_answer,torch", "--device", "cpu",
+                     "--direction", "forward", "--min-time", "0.01", "--max-time", "0.02", "--results", str(out)])
+    recs = records.read_records(out)
+    status = {}
+    for r in recs:
+        status.setdefault(r["impl"], set()).add(r["status"])
+    assert status == {"crashes": {"failed"}, "wrong_answer": {"failed"}, "torch": {"ok"}}
+    assert any("kernel exploded" in r["reason"] for r in recs if r["impl"] == "crashes")
+    assert len(recs) == 3 * len(tables.TABLES["smoke"])
+    assert code == 1  # failures are reported in the exit status
+
+
+def test_unavailable_case_is_skipped_with_reason():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    rec = _driver().measure(_case(device="cuda"))
+    assert rec["status"] == "skipped" and rec["reason"].startswith("no CUDA device")
+    rec = _driver().measure(_case("no_such_impl"))
+    assert rec["status"] == "skipped" and "does not exist" in rec["reason"]
+
+
+class _InferenceOnly(impls.get("torch").__class__):
+    name = "inference_only"
+    directions = ("forward",)
+
+
+def test_a_direction_an_implementation_does_not_serve_is_skipped_not_failed(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    impls.register(_InferenceOnly())
+    recs = {c.direction: _driver().measure(c) for c in
+            cases.select_cases(["smoke"], impl_names=["inference_only"], devices=["cpu"],
+                               directions=["forward", "backward", "train"])[:3]}
+    assert recs["forward"]["status"] == "ok"
+    for direction in ("backward", "train"):
+        assert recs[direction]["status"] == "skipped"
+        assert recs[direction]["reason"] == f"inference_only serves inference only (no {direction})"
+
+
+class _Recompiles(impls.get("torch").__class__):
+    """Counts a 'compilation' on every call after the first two, as a cache that misses
+    on each call would."""
+
+    name = "recompiles"
+
+    def __init__(self):
+        self.calls, self.compilations, self.seconds = 0, 0, 0.0
+
+    def compile_stats(self):
+        return {"compilations": self.compilations, "compile_seconds": self.seconds}
+
+    def _forward_train(self, x, prepared, p):
+        self.calls += 1
+        if self.calls == 1 or self.calls > 40:
+            self.compilations += 1
+            self.seconds += 0.5
+        return super()._forward_train(x, prepared, p)
+
+
+def test_compile_time_is_recorded_and_a_recompile_while_timed_fails_the_case(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    impl = impls.register(_Recompiles())
+    impl.calls = 0
+    rec = _driver(rule=timing.StopRule(min_time=0.0, max_time=0.0, min_rounds=5, max_rounds=5)).measure(
+        _case("recompiles"))
+    assert rec["status"] == "ok" and rec["compile_seconds"] == 0.5  # the first call compiled, in the gate
+    impl.calls = 0
+    rec = _driver(rule=timing.StopRule(min_time=0.2, max_time=0.2)).measure(_case("recompiles"))
+    assert rec["status"] == "failed" and "compiled" in rec["reason"] and "while timed" in rec["reason"]
+
+
+# ---------------------------------------------------------------------------- timing
+def test_interleaved_measurement_pools_shuffled_passes(broken, tmp_path):
+    out = tmp_path / "r.jsonl"
+    code = cli.main(["run", "--preset", "smoke", "--impl", "crashes,dense,torch", "--device", "cpu",
+                     "--direction", "forward", "--min-time", "0.03", "--max-time", "0.03", "--interleave", "3",
+                     "--results", str(out)])
+    recs = records.read_records(out)
+    assert len(recs) == 3 * len(tables.TABLES["smoke"]) and code == 1  # `crashes` fails, the rest goes on
+    ok = [r for r in recs if r["impl"] in ("dense", "torch")]
+    assert ok and all(r["status"] == "ok" for r in ok)
+    for r in ok:
+        assert r["interleave_passes"] == 3 and len(r["time_pass_medians"]) == 3
+        assert r["rounds"] >= 3 * 3 and r["time_repeat_median"] > 0
+        assert min(r["time_pass_medians"]) <= r["time_median"] <= max(r["time_pass_medians"])
+    # records of one layer keep the order of the cases, as without --interleave
+    assert [r["impl"] for r in recs[:3]] == ["crashes", "dense", "torch"]
+
+
+def test_stopping_rule_stops_when_the_interval_is_narrow_or_at_the_cap():
+    class Steady:
+        case = _case()
+
+        @staticmethod
+        def call():
+            sum(range(2000))
+
+    times, why = timing.call_times(Steady, timing.StopRule(min_time=0.0, max_time=5.0, rel_ci=0.5, min_rounds=10))
+    assert why.startswith("ci95 within") and len(times) < 1000
+    calls = iter(range(10**9))
+
+    class Noisy(Steady):
+        @staticmethod
+        def call():  # alternately fast and 50x slower: the interval cannot narrow to 0.1%
+            if next(calls) % 2:
+                sum(range(50_000))
+
+    times, why = timing.call_times(Noisy, timing.StopRule(min_time=0.0, max_time=0.2, rel_ci=0.001))
+    assert why.startswith("time cap (0.2 s)")
+    times, why = timing.call_times(Noisy, timing.StopRule(min_time=0.0, max_time=5.0, rel_ci=0.001, max_rounds=7))
+    assert why == "round cap (7)" and len(times) == 7
+
+
+def test_median_interval_covers_the_median_at_about_95_percent():
+    import random
+
+    rng = random.Random(1)
+    for n, j in ((6, 0), (10, 1), (100, 39), (1001, 468)):
+        assert timing._lower_rank(n, 0.025) == j  # tabulated ranks (binomial order statistics)
+    assert timing.median_ci([1.0] * 5) == (None, None)
+    covered = sum(lo <= 0.0 <= hi for lo, hi in (timing.median_ci([rng.gauss(0, 1) for _ in range(50)])
+                                                 for _ in range(400)))
+    assert 0.92 <= covered / 400 <= 0.99
+
+
+def test_garbage_collector_is_paused_only_while_timing():
+    import gc
+
+    seen = []
+
+    class Bench:
+        case = _case()
+
+        @staticmethod
+        def call():
+            seen.append(gc.isenabled())
+
+    assert gc.isenabled()
+    times, _ = timing.call_times(Bench, timing.StopRule(min_time=0.0, max_time=0.0, min_rounds=4))
+    assert len(times) >= 4 and not any(seen) and gc.isenabled()
+
+
+def test_cold_times_flush_before_every_call_outside_the_timed_region():
+    log = []
+
+    class Timer:
+        def start(self):
+            log.append("start")
+
+        def stop(self):
+            log.append("stop")
+
+        def seconds(self):
+            return [1e-3] * log.count("stop")
+
+    out = timing.cold_times(lambda: log.append("call"), lambda: log.append("flush"), Timer(), rounds=3)
+    assert out == [1e-3] * 3
+    assert log == ["flush", "start", "call", "stop"] * 3
+
+
+def test_warm_up_reaches_steady_state():
+    calls = []
+    n = timing.warm_up(lambda: calls.append(1), window=3, max_calls=100)
+    assert 6 <= n <= 100 and len(calls) == n
+
+
+# ---------------------------------------------------------------------------- probes, memory, ceilings
 def test_cpu_use_and_the_slow_period_warning():
-    use = harness.CpuUse()
+    use = probes.CpuUse()
     with use:
         sum(i * i for i in range(200_000))  # one busy thread
     assert 0.5 < use.utilization <= 1.1
@@ -71,126 +287,237 @@ def test_cpu_use_and_the_slow_period_warning():
     assert "slow period: compute probe 10% below the run's best" in cli._slow_period(rec, best_probe=211.0)
     assert cli._slow_period(rec, best_probe=195.0) == ""
     assert cli._slow_period(rec) == "" and cli._slow_period({**rec, "device": "cuda"}, best_probe=211.0) == ""
-    assert harness.compute_probe("cpu") > 1 and harness.compute_probe("cuda") is None
 
 
-def test_gate_failure_is_recorded_and_never_timed(broken_impls):
-    rec = harness.measure(_case("wrong_answer"), min_time=0.01)
-    assert rec["status"] == "failed"
-    assert "oracle" in rec["reason"] and "output" in rec["reason"]
-    assert "time_median" not in rec
+def test_compute_probe_is_a_matmul_rate_of_this_machine():
+    torch.set_num_threads(1)
+    probe = probes.compute_probe("cpu")
+    sgemm = machine.ceilings("cpu")["sgemm_gflops"]
+    # In cache at 256^3 it runs near the large matmul's rate: far from 1e9 (FLOP/s) or 1e-3 (seconds).
+    assert 0.1 * sgemm < probe < 10 * sgemm
+    assert probes.compute_probe("cuda") is None
 
 
-def test_crash_is_recorded_and_the_sweep_goes_on(broken_impls, tmp_path):
-    out = tmp_path / "r.jsonl"
-    code = cli.main(["run", "--preset", "smoke", "--impl", "crashes,wrong_answer,torch", "--device", "cpu",
-                     "--direction", "forward", "--min-time", "0.01", "--results", str(out)])
-    recs = [json.loads(line) for line in out.read_text().splitlines()]
-    by_impl = {}
-    for r in recs:
-        by_impl.setdefault(r["impl"], []).append(r)
-    assert {r["status"] for r in by_impl["crashes"]} == {"failed"}
-    assert "kernel exploded" in by_impl["crashes"][0]["reason"]
-    assert {r["status"] for r in by_impl["wrong_answer"]} == {"failed"}
-    assert {r["status"] for r in by_impl["torch"]} == {"ok"}
-    assert len(recs) == 3 * len(TABLES["smoke"])
-    assert code == 1  # failures are reported in the exit status
+def test_ceilings_are_measured_again_over_a_run_and_the_best_is_used():
+    values = iter([{"copy_gbps": 8.0, "sgemm_gflops": 50.0}, {"copy_gbps": 10.0, "sgemm_gflops": 45.0}])
+    log = machine.CeilingLog(interval_s=0.0, measure=lambda device: {**next(values), "threads": 1})
+    torch.set_num_threads(1)
+    log.update("cpu")
+    assert log.fields("cpu", 1)["sgemm_gflops"] == 50.0
+    log.update("cpu")  # the interval has passed: measured again
+    fields = log.fields("cpu", 1)
+    assert (fields["copy_gbps"], fields["sgemm_gflops"]) == (10.0, 50.0) and len(fields["ceilings"]) == 2
+    assert log.fields("cpu", 2) == {}  # another thread count has its own ceilings
 
 
-
-class _Slowed(TorchComposed):
-    """torch, with the cyclic garbage collector's state and a pass counter on the side."""
-
-    name = "slowed"
-    gc_enabled_in_timed_calls: list = []
-
-    def _forward_train(self, x, prepared, p):
-        import gc
-        _Slowed.gc_enabled_in_timed_calls.append(gc.isenabled())
-        return super()._forward_train(x, prepared, p)
+def test_cpu_peak_memory_sees_a_large_allocation():
+    bench = gate.setup_layer_case(_case(), warmup=False)
+    big = 64 << 20
+    bench.call = lambda: torch.ones(big // 4)  # touches 64 MB
+    peak, method = memory.peak_bytes(bench)
+    if peak is None:
+        pytest.skip(method)
+    assert peak >= 0.9 * big, (peak, method)
 
 
-def test_interleaved_measurement_pools_shuffled_passes(broken_impls, tmp_path):
-    impls.register(_Slowed())
-    out = tmp_path / "r.jsonl"
-    code = cli.main(["run", "--preset", "smoke", "--impl", "crashes,slowed,torch", "--device", "cpu",
-                     "--direction", "forward", "--min-time", "0.03", "--interleave", "3", "--results", str(out)])
-    recs = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(recs) == 3 * len(TABLES["smoke"]) and code == 1  # `crashes` fails, the rest goes on
-    ok = [r for r in recs if r["impl"] in ("slowed", "torch")]
-    assert ok and all(r["status"] == "ok" for r in ok)
-    for r in ok:
-        assert r["interleave_passes"] == 3 and len(r["time_pass_medians"]) == 3
-        assert r["rounds"] >= 3 * 3 and r["time_repeat_median"] > 0
-        assert min(r["time_pass_medians"]) <= r["time_median"] <= max(r["time_pass_medians"])
-    # records of one layer keep the order of the cases, as without --interleave
-    assert [r["impl"] for r in recs[:3]] == ["crashes", "slowed", "torch"]
+def test_the_profiler_says_nothing_into_the_output(capfd):
+    rec = _driver().measure(_case())
+    assert rec["kernels"]  # the profiler ran
+    captured = capfd.readouterr()
+    assert "profiler_start" not in captured.err + captured.out
+    assert "profiler_stop" not in captured.err + captured.out
 
 
-def test_garbage_collector_is_paused_only_while_timing():
-    import gc
-    _Slowed.gc_enabled_in_timed_calls.clear()
-    impl = _Slowed()
-    bench = harness.Bench(_case(), lambda: impl.forward_train(x, prepared, 1), None, {}, impl)
-    x, prepared = torch.randn(1, 3, 8, 8), impl.prepare(impls.FlatParams.random(3, 4, 3))
-    assert gc.isenabled()
-    times = harness.call_times(bench, min_time=0.0, min_rounds=4)
-    assert len(times) >= 4 and not any(_Slowed.gc_enabled_in_timed_calls)
-    assert gc.isenabled()
+# ---------------------------------------------------------------------------- results files
+def test_samples_survive_their_compression_to_a_tenth_of_a_percent():
+    import random
 
-def test_unavailable_case_is_skipped_with_reason():
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
-    rec = harness.measure(harness.Case("torch", "cuda", "smoke", rows("smoke")[0]))
-    assert rec["status"] == "skipped" and "CUDA" in rec["reason"]
-    rec = harness.measure(harness.Case("no_such_impl", "cpu", "smoke", rows("smoke")[0]))
-    assert rec["status"] == "skipped" and "does not exist" in rec["reason"]
+    rng = random.Random(3)
+    times = [1e-5 * (1 + rng.random()) for _ in range(5000)]
+    enc = schema.encode_samples(times)
+    assert enc["n"] == 5000 and enc["kept"] == schema.MAX_SAMPLES and len(json.dumps(enc)) < 8000
+    kept = [times[i] for i in sorted(random.Random(0).sample(range(5000), schema.MAX_SAMPLES))]
+    assert all(abs(a / b - 1) <= schema.SAMPLE_STEP for a, b in zip(schema.decode_samples(enc), kept))
+    assert schema.decode_samples([1.0, 2.0]) == [1.0, 2.0] and schema.decode_samples(None) is None
+    with pytest.raises(ValueError, match="time_samples"):
+        schema.decode_samples({"codec": "mp3"})
 
 
 def test_writer_streams_each_record(tmp_path):
     path = tmp_path / "sub" / "r.jsonl"
-    writer = harness.ResultsWriter(path)
+    writer = records.ResultsWriter(path)
     writer.write({"a": 1})
     assert path.read_text() == '{"a": 1}\n'  # on disk before the next case runs
     writer.write({"a": 2})
     assert len(path.read_text().splitlines()) == 2
+    assert records.ResultsWriter(path).done == set() and path.read_text() == ""  # started anew
 
 
+def test_resume_skips_what_is_done_and_cuts_a_torn_line(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps({"case": "a", "status": "ok"}) + "\n" + json.dumps({"case": "b", "status": "failed"})
+                    + "\n" + '{"case": "c", "sta')
+    writer = records.ResultsWriter(path, resume=True)
+    assert writer.done == {"a"}  # the failed case is measured again
+    writer.write({"case": "b", "status": "ok"})
+    assert [r["case"] for r in records.read_records(path)] == ["a", "b", "b"]
+
+
+def _cli(*args, env=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+SWEEP = ["run", "--preset", "smoke", "--impl", "torch,dense,naive", "--device", "cpu", "--direction",
+         "forward,train", "--min-time", "0.01", "--max-time", "0.02", "--threads", "1"]
+
+
+def test_a_sweep_killed_with_sigkill_and_resumed_has_every_case_once(tmp_path):
+    out = tmp_path / "r.jsonl"
+    expected = {c.id for c in cases.select_cases(["smoke"], impl_names=["torch", "dense", "naive"],
+                                                  devices=["cpu"], directions=["forward", "train"])}
+    proc = subprocess.Popen([sys.executable, "-m", "bench", *SWEEP, "--results", str(out)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:  # kill it in the middle of the sweep
+        if line.startswith("[3/"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    done = {r["case"] for r in records.read_records(out)}
+    assert 3 <= len(done) < len(expected)
+    result = _cli(*SWEEP, "--results", str(out), "--resume")
+    assert result.returncode == 0, result.stderr
+    assert f"{len(done)} cases already measured there are skipped" in result.stdout
+    recs = records.read_records(out)
+    assert sorted(r["case"] for r in recs) == sorted(expected)  # every case exactly once
+
+
+def test_isolate_records_a_segfault_with_its_signal_and_goes_on(tmp_path):
+    out = tmp_path / "r.jsonl"
+    env = {"FLATCONV_IMPLS": "broken_impls", "PYTHONPATH": f"{REPO / 'tests'}{os.pathsep}{REPO}"}
+    result = _cli("run", "--preset", "smoke", "--impl", "segfaults,torch", "--device", "cpu", "--direction",
+                  "forward", "--min-time", "0.01", "--max-time", "0.02", "--isolate", "--interleave", "2",
+                  "--results", str(out), env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    recs = {(r["impl"], r["shape"]): r for r in records.read_records(out)}
+    assert len(recs) == 2 * len(tables.TABLES["smoke"])
+    for (impl, _), r in recs.items():
+        if impl == "segfaults":
+            assert r["status"] == "failed" and r["exit_signal"] == "SIGSEGV"
+            assert r["reason"] == "the case's process ended by SIGSEGV"
+        else:
+            assert r["status"] == "ok" and r["run_id"] == recs[("segfaults", r["shape"])]["run_id"]
+
+
+# ---------------------------------------------------------------------------- selection and tables
 def test_case_selection_filters_and_names():
-    cases = harness.select_cases(["smoke"], impl_names=["torch"], devices=["cpu"], directions=["forward", "stages"])
-    ids = [c.id for c in cases]
+    found = cases.select_cases(["smoke"], impl_names=["torch"], devices=["cpu"], directions=["forward", "stages"])
+    ids = [c.id for c in found]
     assert "torch/cpu/smoke:c4-n6-s9-k3/float32/forward" in ids
     assert "torch/cpu/smoke:c4-n6-s9-k3/float32/stage:lateral" in ids
-    assert all(c.impl == "torch" and c.device == "cpu" for c in cases)
-    with pytest.raises(ValueError, match="unknown"):
-        harness.select_cases(["smoke"], impl_names=["nope"])
+    assert all(c.impl == "torch" and c.device == "cpu" for c in found)
+    assert all(cases.from_id(c.id) == c for c in found)
+    for kwargs, what in (({"impl_names": ["nope"]}, "impl"), ({"directions": ["sideways"]}, "direction"),
+                         ({"dtypes": ["int8"]}, "dtype"), ({"devices": ["tpu"]}, "device")):
+        with pytest.raises(ValueError, match=f"^{what}: unknown"):
+            cases.select_cases(["smoke"], **kwargs)
     with pytest.raises(ValueError, match="table"):
-        harness.select_cases(["nope"])
-    with pytest.raises(ValueError, match="direction"):
-        harness.select_cases(["smoke"], impl_names=["torch"], devices=["cpu"], directions=["sideways"])
+        cases.select_cases(["nope"])
+
+
+# Every table's rows, in order. APPEND-ONLY: a new row goes at the end of its table (and
+# here); editing or reordering a row breaks the comparability of results across commits.
+PINNED_ROWS = {
+    "smoke": ["c4-n6-s9-k3", "c3-n8-s8-k5-p0"],
+    "paper": ["c3-n64-s32-k3", "c64-n64-s32-k3", "c128-n128-s16-k3", "c256-n256-s8-k3", "c32-n32-s64-k5",
+              "c3-n96-s32-k5", "c128-n128-s32-k3", "c256-n256-s16-k3", "c128-n128-s32-k5", "c512-n512-s8-k3"],
+    "sweep": [f"c{c}-n{c}-s{s}-k{k}" for c in (32, 64, 128, 256, 512) for s in (8, 16, 32, 64) for k in (3, 5, 7)],
+    "goals": ["c128-n128-s32-k3", "c256-n256-s16-k3", "c256-n256-s32-k3", "c128-n128-s32-k5"],
+}
+# The sweep's default subset (seeded): pinned too, since results name these rows.
+PINNED_SWEEP_SUBSET = ["c32-n32-s8-k7", "c64-n64-s16-k5", "c64-n64-s32-k5", "c128-n128-s8-k3", "c128-n128-s8-k5",
+                       "c128-n128-s8-k7", "c128-n128-s32-k3", "c128-n128-s32-k5", "c128-n128-s32-k7",
+                       "c512-n512-s8-k3", "c512-n512-s32-k3", "c512-n512-s32-k7"]
+
+
+def test_tables_are_append_only():
+    assert set(PINNED_ROWS) <= set(tables.TABLES)
+    for table, pinned in PINNED_ROWS.items():
+        names = [r.name for r in tables.TABLES[table]]
+        assert names[:len(pinned)] == pinned, f"{table}: a row was edited, removed or reordered"
+    assert [r.name for r in tables.rows("sweep")] == PINNED_SWEEP_SUBSET
 
 
 def test_tables_are_well_formed():
-    for table, table_rows in TABLES.items():
+    for table, table_rows in tables.TABLES.items():
         names = [r.name for r in table_rows]
         assert len(names) == len(set(names)), table
         for r in table_rows:
             assert 0 <= r.padding <= r.kernel_size - 1 and r.size + 2 * r.padding >= r.kernel_size
-    assert len(rows("sweep")) < len(rows("sweep", all_rows=True)) == 60
-    assert rows("sweep") == rows("sweep")  # the default subset is seeded
+            assert tables.find(table, r.name) == r
+        for device in cases.DEVICES:
+            assert tables.batch(table, device) >= 1
 
 
-def test_warm_up_reaches_steady_state():
-    calls = []
-    n = harness.warm_up(lambda: calls.append(1), window=3, max_calls=100)
-    assert 6 <= n <= 100 and len(calls) == n
+# ---------------------------------------------------------------------------- the CLI's answers
+@pytest.mark.parametrize("args, message", [
+    (["--dtype", "int8"], "--dtype: unknown 'int8'"),
+    (["--threads", "0"], "--threads: expected a whole number >= 1, got 0"),
+    (["--threads", "two"], "--threads: expected a whole number >= 1, got 'two'"),
+    (["--impl", "nope"], "--impl: unknown 'nope'"),
+    (["--preset", "nope"], "--preset: unknown 'nope'"),
+    (["--device", "tpu"], "--device: unknown 'tpu'"),
+    (["--direction", "sideways"], "--direction: unknown 'sideways'"),
+    (["--min-time", "-1"], "--min-time: expected seconds > 0"),
+    (["--min-time", "nan"], "--min-time: expected seconds > 0"),
+    (["--interleave", "0"], "--interleave: expected a whole number >= 1, got 0"),
+    (["--interleave", "x"], "--interleave: expected a whole number >= 1"),
+    (["--rel-ci", "2"], "--rel-ci: expected a fraction in (0, 1)"),
+    (["--baseline", "nope"], "--baseline: unknown implementation 'nope'"),
+    (["--results", "/proc/nowhere/r.jsonl"], "--results: /proc/nowhere/r.jsonl cannot be written"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_cli_mistakes_are_one_line_and_exit_2(capsys, args, message):
+    try:
+        code = cli.main(["run", *args])
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_cpu_peak_memory_sees_a_large_allocation():
-    bench = harness.setup_case(_case(), warmup=False)
-    big = 64 << 20
-    bench.call = lambda: torch.ones(big // 4)  # touches 64 MB
-    peak, method = harness.peak_bytes(bench)
-    if peak is None:
-        pytest.skip(method)
-    assert peak >= 0.9 * big, (peak, method)
+def test_cli_mistake_has_no_traceback_in_a_real_process():
+    result = _cli("run", "--dtype", "int8")
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+
+
+def test_pytest_and_cli_share_the_options_and_their_defaults():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    options.add_to_argparse(parser)
+    defaults = vars(parser.parse_args([]))
+    assert defaults == {opt.dest: opt.default for opt in options.SHARED}
+    cli_run = cli._parser()._subparsers._group_actions[0].choices["run"]
+    flags = {a.option_strings[0] for a in cli_run._actions if a.option_strings}
+    assert {opt.flag for opt in options.SHARED} <= flags
+
+
+def test_gpu_script_runs_its_stages_and_names_the_pass(tmp_path):
+    """Without a GPU every stage still runs and writes its file: the CUDA cases are
+    recorded as skipped, and the pass's results file carries the pass's name."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PASS": "ci", "FIRST_PASS_SECONDS": "150", "PYTHON": sys.executable}
+    result = subprocess.run(["bash", "bench/gpu/run.sh", str(out)], cwd=REPO, capture_output=True, text=True,
+                            timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["bench.log", "facts.txt", "gpu-ci.jsonl", "sanitizer.log", "status.txt", "tests.log"]
+    assert len(files) <= 8  # what comes back from the GPU machine
+    status = (out / "status.txt").read_text()
+    for stage in ("facts", "tests", "sanitizer", "sweep:--preset goals"):
+        assert stage in status
+    recs = records.read_records(out / "gpu-ci.jsonl")
+    if not torch.cuda.is_available():
+        assert recs and all(r["status"] == "skipped" and r["device"] == "cuda" for r in recs)
+        assert {r["table"] for r in recs} == {"goals", "paper"}  # every step wrote into the pass's one file

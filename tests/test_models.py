@@ -1,4 +1,4 @@
-"""Model level (issue 7): the baseline CNN and its flattened twin (bench/models.py).
+"""Model level: the baseline CNN and its flattened twin (bench/models/).
 
 Parameter counts, forward + backward on every input size and implementation, agreement
 of every CPU implementation with "torch" inside the network, the CIFAR-10 loader on a
@@ -244,13 +244,29 @@ def test_model_cases_follow_the_layer_presets():
 
 
 @pytest.mark.parametrize("impl", ["dense", "torch"])
-def test_measure_model_records_a_gated_timed_case(impl):
-    rec = models.measure_model(models.ModelCase(impl, "cpu", "digits", direction="train"), threads=1,
-                               min_time=0.01)
+def test_model_case_is_gated_and_timed_by_the_layer_driver(impl):
+    from bench import driver, timing
+
+    d = driver.Driver(driver.Settings(threads=1, rule=timing.StopRule(min_time=0.01, max_time=0.05, min_rounds=6)))
+    rec = d.measure(models.ModelCase(impl, "cpu", "digits", direction="train"))
     assert rec["status"] == "ok", rec["reason"]
     assert rec["table"] == "model" and rec["shape"] == "digits" and rec["time_median"] > 0
     assert rec["max_rel_error"] < 1e-3 and rec["flops"] > 0 and rec["images_per_s"] > 0
     assert rec["params"] == (52426 if impl == "dense" else 7978)
+    assert rec["baseline"] is (impl == "dense") and rec["network"] == ("baseline" if impl == "dense" else "flattened")
     if not torch.cuda.is_available():
-        skipped = models.measure_model(models.ModelCase(impl, "cuda", "digits"))
+        skipped = d.measure(models.ModelCase(impl, "cuda", "digits"))
         assert skipped["status"] == "skipped" and "CUDA" in skipped["reason"]
+
+
+def test_model_gate_is_the_layer_gate(monkeypatch):
+    """A flattened network whose layers are off by 1e-3 fails the shared gate, named."""
+    from bench import driver, gate
+
+    seen = []
+    original = gate.check
+    monkeypatch.setattr(gate, "check", lambda errors, tol, against="": seen.append((tol, against)) or original(
+        {k: v + 1.0 for k, v in errors.items()}, tol, against))
+    rec = driver.Driver(driver.Settings(threads=1)).measure(models.ModelCase("torch", "cpu", "digits"))
+    assert seen and seen[0][1] == "the float64 network"
+    assert rec["status"] == "failed" and "differs from the float64 network" in rec["reason"]

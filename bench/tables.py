@@ -52,6 +52,13 @@ TABLES: dict[str, list[Row]] = {
     ],
     # C = N from 32 to 512, H = W from 8 to 64, k in 3/5/7 (a seeded subset by default).
     "sweep": [_row(c, c, s, k) for c in (32, 64, 128, 256, 512) for s in (8, 16, 32, 64) for k in (3, 5, 7)],
+    # The layers the GPU performance goals are stated on (batch 64, "same" padding).
+    "goals": [
+        _row(128, 128, 32, 3),
+        _row(256, 256, 16, 3),
+        _row(256, 256, 32, 3),
+        _row(128, 128, 32, 5),
+    ],
 }
 
 # Batch per (table, device): small on a 2-core CPU, GPU-filling on a GPU.
@@ -59,6 +66,7 @@ BATCH = {
     ("smoke", "cpu"): 2, ("smoke", "cuda"): 2,
     ("paper", "cpu"): 8, ("paper", "cuda"): 64,
     ("sweep", "cpu"): 8, ("sweep", "cuda"): 64,
+    ("goals", "cpu"): 8, ("goals", "cuda"): 64,
 }
 SWEEP_SUBSET = 12  # rows of the sweep run by default; --all-rows runs every row
 
@@ -75,3 +83,11 @@ def rows(table: str, all_rows: bool = False) -> list[Row]:
 
 def batch(table: str, device: str) -> int:
     return BATCH[(table, device)]
+
+
+def find(table: str, name: str) -> Row:
+    """The row called `name` in `table` (every row, not only the default subset)."""
+    for row in rows(table, all_rows=True):
+        if row.name == name:
+            return row
+    raise ValueError(f"row: no {name!r} in table {table!r}")

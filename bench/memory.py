@@ -1,0 +1,65 @@
+"""Peak memory of one call.
+
+GPU: torch's peak allocated bytes since a reset (the CuPy implementations route CuPy's
+allocations through torch's allocator, so they count). CPU: the rise of the process's
+resident high-water mark (VmHWM, reset by writing 5 to /proc/self/clear_refs) over its
+resident size before the call, after giving glibc's free heap back to the OS. asv's own
+peakmem_ cannot reset between calls and cannot see the GPU, which is why this exists.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+_LIBC = None
+
+
+def _malloc_trim() -> None:
+    """Give glibc's free heap pages back to the OS, so the high-water mark that follows
+    counts every page the call touches (a warm heap would hide them)."""
+    global _LIBC
+    try:
+        if _LIBC is None:
+            _LIBC = ctypes.CDLL("libc.so.6")
+        _LIBC.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _proc_status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def peak_bytes(bench) -> tuple[int | None, str]:
+    """Extra memory one call needs at its peak, and how it was measured.
+    GPU: torch's peak allocated bytes since a reset (CuPy is routed through torch's
+    allocator by the CuPy implementations). CPU: the rise of the process high-water mark
+    (VmHWM, reset by writing 5 to /proc/self/clear_refs) over the resident size before
+    the call, after trimming glibc's free heap."""
+    if bench.case.device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        bench.call()
+        return torch.cuda.max_memory_allocated() - base, "torch.cuda.max_memory_allocated"
+    _malloc_trim()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None, "unavailable: /proc/self/clear_refs cannot be written"
+    before = _proc_status_kb("VmRSS")
+    bench.call()
+    hwm = _proc_status_kb("VmHWM")
+    if before is None or hwm is None:
+        return None, "unavailable: no VmHWM in /proc/self/status"
+    return max(0, hwm - before) * 1024, "VmHWM rise after clear_refs"

@@ -1,0 +1,140 @@
+"""The options of the entry points, defined once: `python -m bench` (argparse) and the
+pytest-benchmark suite (pytest's addoption) take the shared ones from here, with the same
+names, help and defaults, and check them with the same functions, so a mistake gets the
+same one-line answer in both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import torch
+
+import impls
+
+from . import cases, records, tables, threads
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    flag: str  # "--preset"
+    default: object
+    help: str
+    switch: bool = False  # a flag without a value
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+def split_csv(value) -> list[str]:
+    """"a,b,,c" -> ["a", "b", "c"]: the form of every list option."""
+    return [v.strip() for v in str(value or "").split(",") if v.strip()]
+
+
+# Shared by the CLI and pytest.
+SHARED = [
+    Option("--preset", "smoke", f"comma-separated layer tables: {', '.join(tables.TABLES)} (default smoke)"),
+    Option("--impl", "", "comma-separated implementations (default: every registered one)"),
+    Option("--device", "auto", "comma-separated devices: cpu, cuda; auto = the devices this machine has (default)"),
+    Option("--direction", "forward,backward,train,stages",
+           "comma-separated: forward, backward, train, stages (default: all four)"),
+    Option("--dtype", "float32", "comma-separated dtypes (default float32)"),
+    Option("--all-rows", False, "every row of the sweep table, not its seeded subset", switch=True),
+    Option("--threads", "", "comma-separated thread counts, each case runs at each (default: all cores, or BENCH_THREADS)"),
+    Option("--results", None, "write one JSON record per case to this .jsonl file as it finishes; the file is "
+                              "started anew unless --resume"),
+    Option("--resume", False, "keep the results file and skip the cases it already holds as ok", switch=True),
+]
+
+
+def _check_names(what: str, given: list[str], known) -> list[str]:
+    try:
+        return cases.check_names(what, given, list(known))
+    except ValueError as e:
+        raise ValueError(f"--{e}") from None
+
+
+def selection(get: Callable[[str], object]) -> dict:
+    """`select_cases` keyword arguments from the shared options (`get(dest)` returns the
+    option's value), checked: an unknown preset, implementation, device, direction or
+    dtype is a ValueError naming the option."""
+    devices = split_csv(get("device"))
+    if devices == ["auto"]:
+        devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    return {
+        "tables_": _check_names("preset", split_csv(get("preset")), tables.TABLES) or ["smoke"],
+        "impl_names": _check_names("impl", split_csv(get("impl")), impls.names()),
+        "devices": _check_names("device", devices, cases.DEVICES),
+        "directions": _check_names("direction", split_csv(get("direction")), cases.DIRECTIONS + ("stages",)),
+        "dtypes": _check_names("dtype", split_csv(get("dtype")), cases.DTYPES),
+        "all_rows": bool(get("all_rows")),
+    }
+
+
+def thread_counts(value) -> list[int | None]:
+    """[None] (all cores) or the listed counts, each a whole number >= 1."""
+    counts = split_csv(value)
+    try:
+        return [threads.parse_count(c, "--threads") for c in counts] or [None]
+    except TypeError as e:
+        raise ValueError(str(e)) from None
+
+
+def results_path(value) -> str | None:
+    if value in (None, ""):
+        return None
+    why = records.writable(value)
+    if why:
+        raise ValueError(f"--results: {why}")
+    return str(value)
+
+
+def positive_seconds(flag: str, value) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{flag}: expected seconds > 0, got {value!r}") from None
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(f"{flag}: expected seconds > 0, got {value!r}")
+    return seconds
+
+
+def count(flag: str, value, minimum: int = 1) -> int:
+    try:
+        n = int(str(value))
+    except ValueError:
+        raise ValueError(f"{flag}: expected a whole number >= {minimum}, got {value!r}") from None
+    if n < minimum:
+        raise ValueError(f"{flag}: expected a whole number >= {minimum}, got {n}")
+    return n
+
+
+def fraction(flag: str, value) -> float | None:
+    if str(value).lower() in ("", "none", "off"):
+        return None
+    try:
+        f = float(value)
+    except ValueError:
+        raise ValueError(f"{flag}: expected a fraction in (0, 1) or 'off', got {value!r}") from None
+    if not 0 < f < 1:
+        raise ValueError(f"{flag}: expected a fraction in (0, 1) or 'off', got {value!r}")
+    return f
+
+
+def add_to_argparse(parser) -> None:
+    for opt in SHARED:
+        if opt.switch:
+            parser.add_argument(opt.flag, action="store_true", help=opt.help)
+        else:
+            parser.add_argument(opt.flag, default=opt.default, help=opt.help)
+
+
+def add_to_pytest(group) -> None:
+    for opt in SHARED:
+        if opt.switch:
+            group.addoption(opt.flag, action="store_true", default=False, help=opt.help)
+        else:
+            group.addoption(opt.flag, default=opt.default, help=opt.help)
