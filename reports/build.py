@@ -238,10 +238,25 @@ def _gpu_times_section(data: pd.DataFrame) -> str:
             "Throttled: the SM clock fell below 90% of its maximum or a throttle reason other than idle was "
             "set while the case ran (also flagged under Measurement quality). Energy per call from NVML's "
             "energy counter, or why it is missing.")
+    said = []
+    for machine, group in times.groupby("machine", sort=True):
+        parts = []
+        cold = group["cold ÷ warm"].dropna()
+        if not cold.empty:
+            parts.append(f"cold ÷ warm median {cold.median():.2f}× (range {cold.min():.2f}–{cold.max():.2f}×)")
+        kernel = (group["kernel-only"] / group["warm"]).dropna()
+        if not kernel.empty:
+            parts.append(f"kernel-only {kernel.median():.0%} of warm")
+        throttled = int(group["throttled"].str.startswith("yes").sum())
+        parts.append(f"{throttled} throttled" if throttled else "none throttled")
+        energy = int((group["energy mJ/call"] != "").sum())
+        parts.append(f"energy recorded or explained for {energy} of {len(group)}")
+        said.append(f"{machine}: {len(group)} small-layer cases, {', '.join(parts)}.")
+    table = html.table(times, formats={"warm": html.fmt_time, "cold": html.fmt_time, "kernel-only": html.fmt_time,
+                                       "cold ÷ warm": html.fmt_ratio}, span=["machine", "layer"])
     return ("<h3>Small layers: warm, cold and kernel-only times</h3>" + html.paragraph(text, "meta")
-            + html.table(times, formats={"warm": html.fmt_time, "cold": html.fmt_time, "kernel-only": html.fmt_time,
-                                         "cold ÷ warm": html.fmt_ratio},
-                         span=["machine", "layer"]))
+            + "".join(html.paragraph(line) for line in said)
+            + f"<details><summary>Every small-layer case ({len(times)} rows)</summary>{table}</details>")
 
 
 # The paper's accuracy table has these rows; the report says which ones the inputs measured.

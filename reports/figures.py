@@ -143,18 +143,23 @@ def _batch_note(df: pd.DataFrame) -> str:
 # -----------------------------------------------------------------------------------
 # (1) The paper's "Acceleration" panel
 def _bars(ax, data: pd.DataFrame, y: str, layers: list[str], impls: list[str], palette: dict,
-          interval: tuple[str, str] | None = None) -> None:
-    """Grouped bars: x = layer, one bar per implementation (colour); black whiskers span the
-    95% interval (`interval` names its low and high columns) where the data has one."""
+          interval: tuple[str, str] | None = None, base: float = 0.0) -> None:
+    """Grouped bars: x = layer, one bar per implementation (colour), drawn from `base` (1 for
+    a ratio on a log axis: up is faster, down slower); black whiskers span the 95% interval
+    (`interval` names its low and high columns) where the data has one."""
     width = 0.8 / max(1, len(impls))
+    data = data[["impl", "layer", y] + list(interval or [])]  # a narrow copy: the tidy table is wide
+    groups = dict(tuple(data.groupby("impl")))
     for j, impl in enumerate(impls):
-        sub = data[data["impl"] == impl].drop_duplicates("layer").set_index("layer")
+        if impl not in groups:
+            continue
+        sub = groups[impl].drop_duplicates("layer").set_index("layer")
         xs = [i + (j - (len(impls) - 1) / 2) * width for i, layer in enumerate(layers) if layer in sub.index]
         present = [layer for layer in layers if layer in sub.index]
         if not present:
             continue
         values = sub.loc[present, y].to_numpy(dtype=float)
-        ax.bar(xs, values, width=width, color=palette.get(impl), label=impl, linewidth=0)
+        ax.bar(xs, values - base, bottom=base, width=width, color=palette.get(impl), label=impl, linewidth=0)
         if interval is not None:
             lo = sub.loc[present, interval[0]].to_numpy(dtype=float)
             hi = sub.loc[present, interval[1]].to_numpy(dtype=float)
@@ -164,6 +169,16 @@ def _bars(ax, data: pd.DataFrame, y: str, layers: list[str], impls: list[str], p
                 ax.errorbar(np.asarray(xs)[has], values[has], yerr=err, fmt="none", ecolor="black",
                             elinewidth=0.8, capsize=1.5)
     ax.set_xlim(-0.5, len(layers) - 0.5)
+    ax.grid(axis="x", visible=False)  # the bars, not grid lines, mark the layers
+
+
+def _ratio_limits(axes, values) -> None:
+    """Log limits of shared ratio axes that show every bar and whisker, and 1×."""
+    values = np.asarray([v for v in values if np.isfinite(v) and v > 0] + [1.0])
+    lo, hi = values.min() / 1.25, values.max() * 1.25
+    for ax in np.ravel(axes):
+        ax.set_ylim(lo, hi)
+        log_axis(ax.yaxis)
 
 
 def _layer_bars(data: pd.DataFrame, y: str, ylabel: str, ctx: Context, log: bool = False,
@@ -258,16 +273,16 @@ def machines_side_by_side(df: pd.DataFrame, ctx: Context) -> Figure | None:
         for r, direction in enumerate(directions):
             ax = axes[r][c]
             _bars(ax, sub[sub["direction"] == direction], "speedup", layers, impls, ctx.palette,
-                  ("speedup_low", "speedup_high"))
+                  ("speedup_low", "speedup_high"), base=1.0)
             ax.axhline(1.0, color="black", linestyle="--", linewidth=1)
             if c == 0:
                 ax.set_ylabel(f"{direction}\nspeedup (×, log)")
         axes[0][c].set_title(f"{machine}\n{_hardware(sub, ctx.device)}", fontsize=9)
         axes[-1][c].set_xticks(range(len(layers)))
         axes[-1][c].set_xticklabels([_short(x) for x in layers], rotation=35, ha="right", fontsize=8)
-    for ax in axes.flat:
-        if any(p.get_height() > 0 for p in ax.patches):
-            log_axis(ax.yaxis)
+    for r, direction in enumerate(directions):  # rows share their axis: one set of limits per row
+        sub = data[data["direction"] == direction]
+        _ratio_limits(axes[r], list(sub["speedup"]) + list(sub["speedup_low"]) + list(sub["speedup_high"]))
     handles = [plt.Rectangle((0, 0), 1, 1, color=ctx.palette.get(i)) for i in impls]
     fig.legend(handles, impls, title="implementation", loc="center left", bbox_to_anchor=(1.0, 0.5),
                frameon=False)
@@ -305,15 +320,19 @@ def peers(summ: pd.DataFrame, ctx: Context) -> Figure | None:
             present = [layer for layer in layers if layer in s.index]
             if present:
                 row = s.loc[present]
-                ax.bar(xs, row["hw_vs_peer"], width=0.7, color=[ctx.palette.get(h) for h in row["handwritten"]])
+                ax.bar(xs, row["hw_vs_peer"] - 1, bottom=1, width=0.7,
+                       color=[ctx.palette.get(h) for h in row["handwritten"]])
                 lo, hi = row["hw_vs_peer_low"].to_numpy(float), row["hw_vs_peer_high"].to_numpy(float)
                 has = np.isfinite(lo) & np.isfinite(hi)
                 v = row["hw_vs_peer"].to_numpy(float)
                 ax.errorbar(np.asarray(xs)[has], v[has], yerr=[(v - lo)[has].clip(0), (hi - v)[has].clip(0)],
                             fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
-                for x, value, peer in zip(xs, v, row["peer"]):
-                    ax.annotate(str(peer), xy=(x, value), xytext=(0, 2), textcoords="offset points",
-                                ha="center", va="bottom", fontsize=6.5, rotation=90, color="#333")
+                for x, value, low, high, peer in zip(xs, v, lo, hi, row["peer"]):
+                    above = value >= 1  # the name sits beyond the bar's end (and whisker), away from 1×
+                    end = np.fmax(value, high) if above else np.fmin(value, low)
+                    ax.annotate(str(peer), xy=(x, end), xytext=(0, 2 if above else -2), textcoords="offset points",
+                                ha="center", va="bottom" if above else "top", fontsize=6.5, rotation=90,
+                                color="#333")
             ax.axhline(1.0, color="black", linestyle="--", linewidth=1)
             ax.set_xlim(-0.5, len(layers) - 0.5)
             ax.set_xticks(range(len(layers)))
@@ -322,11 +341,13 @@ def peers(summ: pd.DataFrame, ctx: Context) -> Figure | None:
             if c == 0:
                 ax.set_ylabel(f"{direction}\npeer ÷ hand-written")
         axes[0][c].set_title(f"{device_label(device)} · {machine}", fontsize=9)
-    for ax in axes.flat:
-        if ax.patches:
-            log_axis(ax.yaxis)
-            lo, hi = ax.get_ylim()
-            ax.set_ylim(lo, hi * 2.5)  # room for the peer's name above the bar
+    values = list(data["hw_vs_peer"]) + list(data["hw_vs_peer_low"]) + list(data["hw_vs_peer_high"])
+    _ratio_limits(axes, values)
+    lo, hi = axes[0][0].get_ylim()
+    for ax in axes.flat:  # room for the peers' names beyond the bars
+        ax.set_ylim(lo / 3, hi * 3)
+        log_axis(ax.yaxis)
+        ax.grid(axis="x", visible=False)
     handles = [plt.Rectangle((0, 0), 1, 1, color=ctx.palette.get(h)) for h in hand]
     fig.legend(handles, hand, title="best hand-written", loc="center left", bbox_to_anchor=(1.0, 0.5),
                frameon=False)

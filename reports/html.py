@@ -6,9 +6,12 @@ import datetime
 import html
 import math
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
 
-from .figures import Figure
+if TYPE_CHECKING:  # the formatters serve `compare` too, which draws nothing (no matplotlib)
+    from .figures import Figure
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;

@@ -7,9 +7,11 @@ The interval of ratio = median(a) / median(b):
   of medians, each side resampled on its own (the two cases were timed separately),
   `RESAMPLES` resamples from a fixed seed, so the same inputs always give the same
   interval;
-- otherwise, both have the 95% interval of their median (`time_ci95_low/high`):
-  conservatively, low = a_low / b_high and high = a_high / b_low (wider than the
-  interval of the ratio, never narrower);
+- otherwise, from the 95% interval of each median (`time_ci95_low/high`), conservatively:
+  low = a_low / b_high and high = a_high / b_low (wider than the interval of the ratio,
+  never narrower). A record that has no such interval (schema version 1) gets the
+  approximate one of a box plot's notch, median ± 1.58 IQR / sqrt(rounds) (McGill, Tukey
+  and Larsen 1978), and the ratio's interval says "notch";
 - otherwise no interval (NaN): the ratio is shown bare and never read as a difference.
 """
 
@@ -53,8 +55,9 @@ def samples(value) -> np.ndarray | None:
 
 
 def _finite(*values) -> bool:
-    return all(v is not None and isinstance(v, (int, float, np.floating)) and math.isfinite(v) and v > 0
-               for v in values)
+    """Every value a positive finite number."""
+    return all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+               and math.isfinite(v) and v > 0 for v in values)
 
 
 def bootstrap_ratio(a: np.ndarray, b: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
@@ -67,16 +70,46 @@ def bootstrap_ratio(a: np.ndarray, b: np.ndarray, level: float = LEVEL) -> tuple
     return float(low), float(high)
 
 
-def ratio_interval(a_samples=None, b_samples=None, a_ci=(None, None), b_ci=(None, None)):
-    """(low, high, method) of the ratio a / b of two cases' median times; method is
-    "bootstrap", "ci" or None (then low and high are NaN). See the module docstring."""
+NOTCH = 1.58  # box-plot notch: median ± 1.58 IQR / sqrt(n) spans about 95% for the median
+
+
+def median_interval(case) -> tuple[float, float, str | None]:
+    """(low, high, how) of one case's median time: its recorded 95% interval ("ci"), else
+    the notch from its IQR and rounds ("notch"), else NaN. `case` maps the record's fields
+    (time_ci95_low, time_ci95_high, time_median, time_iqr, rounds)."""
+    low, high = case.get("time_ci95_low"), case.get("time_ci95_high")
+    if _finite(low, high):
+        return float(low), float(high), "ci"
+    median, iqr, rounds = case.get("time_median"), case.get("time_iqr"), case.get("rounds")
+    if _finite(median, iqr, rounds):
+        half = NOTCH * iqr / math.sqrt(rounds)
+        if half < median:
+            return median - half, median + half, "notch"
+    return math.nan, math.nan, None
+
+
+def ratio_interval(a_samples=None, b_samples=None, a_interval=(math.nan, math.nan, None),
+                   b_interval=(math.nan, math.nan, None)) -> tuple[float, float, str | None]:
+    """(low, high, method) of the ratio a / b of two cases' median times, from their raw
+    times or else their medians' intervals (`median_interval`, or asv's 99% one: "ci99");
+    method is "bootstrap", "ci", "ci99", "notch" or None (then low and high are NaN). See
+    the module docstring."""
     if a_samples is not None and b_samples is not None:
         low, high = bootstrap_ratio(a_samples, b_samples)
         return low, high, "bootstrap"
-    (a_low, a_high), (b_low, b_high) = a_ci, b_ci
+    (a_low, a_high, a_how), (b_low, b_high, b_how) = a_interval, b_interval
     if _finite(a_low, a_high, b_low, b_high):
-        return a_low / b_high, a_high / b_low, "ci"
+        # named after the roughest of the two (asv's own interval is a 99% one)
+        how = next((h for h in ("notch", "ci99") if h in (a_how, b_how)), "ci")
+        return a_low / b_high, a_high / b_low, how
     return math.nan, math.nan, None
+
+
+def ratio_of(a, b) -> tuple[float, float, str | None]:
+    """The interval of a's median time / b's, for two records (dicts or rows of the tidy
+    table: time_samples, time_ci95_low/high, time_median, time_iqr, rounds)."""
+    return ratio_interval(samples(a.get("time_samples")), samples(b.get("time_samples")),
+                          median_interval(a), median_interval(b))
 
 
 def verdict(low: float, high: float) -> str:

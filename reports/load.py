@@ -456,30 +456,29 @@ def _speedups(df: pd.DataFrame) -> pd.DataFrame:
     dtype and direction (the fastest baseline if a run has several), with its 95% interval
     (reports.intervals)."""
     key = ["run_id", "device", "table", "shape", "dtype", "direction"]
+    carried = ["time_samples", "time_ci95_low", "time_ci95_high", "time_iqr", "rounds"]
     base = df[(df["status"] == "ok") & df["baseline"] & df["time_median"].notna()]
     base = base.sort_values("time_median", kind="stable").drop_duplicates(key)
-    base = base[key + ["impl", "case", "time_median", "peak_bytes", "time_samples", "time_ci95_low",
-                       "time_ci95_high"]].rename(columns={
+    base = base[key + ["impl", "case", "time_median", "peak_bytes"] + carried].rename(columns={
         "impl": "baseline_impl", "case": "bl_case", "time_median": "baseline_time",
-        "peak_bytes": "baseline_peak_bytes", "time_samples": "bl_samples", "time_ci95_low": "bl_low",
-        "time_ci95_high": "bl_high"})
+        "peak_bytes": "baseline_peak_bytes", **{c: f"bl_{c}" for c in carried}})
     df = df.drop(columns=["baseline_impl", "baseline_time", "baseline_peak_bytes"]).merge(base, on=key, how="left")
     df["speedup"] = df["baseline_time"] / df["time_median"]
     low, high, method = [], [], []
-    for row in df.itertuples(index=False):
-        if row.status != "ok" or not row.speedup == row.speedup:
+    for row in df[["status", "speedup", "case", "bl_case", "time_median", "baseline_time"] + carried
+                  + [f"bl_{c}" for c in carried]].to_dict("records"):
+        if row["status"] != "ok" or not row["speedup"] == row["speedup"]:
             lo, hi, how = math.nan, math.nan, None
-        elif row.case == row.bl_case:  # the baseline itself
+        elif row["case"] == row["bl_case"]:  # the baseline itself
             lo, hi, how = 1.0, 1.0, "itself"
         else:
-            lo, hi, how = intervals.ratio_interval(
-                intervals.samples(row.bl_samples), intervals.samples(row.time_samples),
-                (row.bl_low, row.bl_high), (row.time_ci95_low, row.time_ci95_high))
+            baseline = {c: row[f"bl_{c}"] for c in carried} | {"time_median": row["baseline_time"]}
+            lo, hi, how = intervals.ratio_of(baseline, row)
         low.append(lo)
         high.append(hi)
         method.append(how)
     df["speedup_low"], df["speedup_high"], df["speedup_method"] = low, high, method
-    return df.drop(columns=["bl_case", "bl_samples", "bl_low", "bl_high"])
+    return df.drop(columns=["bl_case"] + [f"bl_{c}" for c in carried])
 
 
 def latest(df: pd.DataFrame) -> pd.DataFrame:
@@ -491,9 +490,11 @@ def latest(df: pd.DataFrame) -> pd.DataFrame:
         return ok
     ok["_ts"] = pd.to_datetime(ok["timestamp"], errors="coerce", utc=True, format="ISO8601")
     # one text key per layer and direction (a missing field is a value of its own)
-    ok["_layer"] = ok[["machine", "device", "table", "shape", "dtype", "direction"]].apply(lambda c: c.map(str)).agg("|".join, axis=1)
+    fields = ok[["machine", "device", "table", "shape", "dtype", "direction"]]
+    ok["_layer"] = fields.apply(lambda c: c.map(str)).agg("|".join, axis=1)
     runs = ok.groupby(["_layer", "run_id"])["_ts"].max().reset_index()
-    runs = runs.sort_values(["_ts", "run_id"], na_position="first", kind="stable").drop_duplicates("_layer", keep="last")
+    runs = runs.sort_values(["_ts", "run_id"], na_position="first", kind="stable")
+    runs = runs.drop_duplicates("_layer", keep="last")
     newest = set(zip(runs["_layer"], runs["run_id"]))
     keep = [(layer, run) in newest for layer, run in zip(ok["_layer"], ok["run_id"])]
     return ok[keep].drop(columns=["_ts", "_layer"]).reset_index(drop=True)

@@ -30,13 +30,6 @@ def _fastest(group: pd.DataFrame):
     return group.loc[group["time_median"].idxmin()] if not group.empty else None
 
 
-def _interval_of(a, b) -> tuple[float, float, str | None]:
-    """The 95% interval of a's median time / b's (two rows of the tidy table)."""
-    return intervals.ratio_interval(intervals.samples(a["time_samples"]), intervals.samples(b["time_samples"]),
-                                    (a["time_ci95_low"], a["time_ci95_high"]),
-                                    (b["time_ci95_low"], b["time_ci95_high"]))
-
-
 def summary(latest: pd.DataFrame) -> pd.DataFrame:
     """One row per machine, device, dtype, layer and direction: the fastest implementation;
     the fastest peer (role "peer": what a user would pick instead) and the best hand-written
@@ -65,7 +58,7 @@ def summary(latest: pd.DataFrame) -> pd.DataFrame:
         ratio = lo = hi = math.nan
         if peer is not None and hand is not None:
             ratio = peer["time_median"] / hand["time_median"]
-            lo, hi, _ = _interval_of(peer, hand)
+            lo, hi, _ = intervals.ratio_of(peer, hand)
         # within best's run (never across runs): NaN when that run has no baseline
         speedup, s_lo, s_hi = ((best["speedup"], best["speedup_low"], best["speedup_high"]) if best is not None
                                else (math.nan, math.nan, math.nan))
@@ -153,6 +146,9 @@ def headlines(summ: pd.DataFrame) -> list[str]:
         if over_peer:
             lines.append(f"{where}: the best hand-written implementation against the fastest peer "
                          f"(peer time ÷ hand-written time), {'; '.join(over_peer)}.")
+        elif group["peer"].isna().all() and group["handwritten"].isna().all():
+            lines.append(f"{where}: these records carry no role (schema version 1), so peers and hand-written "
+                         f"code are not told apart here.")
     return lines
 
 
@@ -182,34 +178,32 @@ def roofline_notes(latest: pd.DataFrame) -> pd.DataFrame:
 
 
 def gpu_times(data: pd.DataFrame) -> pd.DataFrame:
-    """GPU cases of the smaller half of the layers (by size, where a warm L2 cache can hold
-    the working set): warm median, cold median (L2 flushed before each call), kernel-only
-    (CUDA-graph replay), throttling, energy per call."""
+    """GPU cases with a cold or a kernel-only time, of each machine's smaller half of the
+    layers (by size: where a warm L2 cache can hold the working set): warm median, cold
+    median (L2 flushed before each call), kernel-only (CUDA-graph replay), throttling,
+    energy per call (or why not)."""
     columns = ["machine", "layer", "direction", "impl", "warm", "cold", "cold ÷ warm", "kernel-only",
                "throttled", "energy mJ/call"]
-    timed = data[data["direction"].isin(DIRECTIONS) & data["time_median"].notna()]
-    if timed.empty:
-        return pd.DataFrame(columns=columns)
-    sizes = timed.groupby("layer")["layer_flops"].max().sort_values()
-    small = list(sizes.index[: max(1, (len(sizes) + 1) // 2)])
+    timed = data[data["direction"].isin(DIRECTIONS) & data["time_median"].notna()
+                 & (data["time_cold_median"].notna() | data["time_graph_median"].notna())]
     rows = []
-    for _, r in timed[timed["layer"].isin(small)].iterrows():
-        throttled = r.get("throttled")
-        clock = r.get("sm_clock_mhz_min")
-        energy = r.get("energy_mj")
-        rows.append({
-            "machine": r["machine"], "layer": r["layer"], "direction": r["direction"], "impl": r["impl"],
-            "warm": r["time_median"], "cold": r.get("time_cold_median"),
-            "cold ÷ warm": r.get("time_cold_median") / r["time_median"],
-            "kernel-only": r.get("time_graph_median"),
-            "throttled": ("yes" + (f" (SM {clock:.0f} MHz)" if pd.notna(clock) else "")) if throttled is True
-                         else ("no" if throttled is False else ""),
-            "energy mJ/call": (f"{energy:.3g}" if pd.notna(energy)
-                               else (r.get("energy_note") if isinstance(r.get("energy_note"), str) else "")),
-            "_size": sizes[r["layer"]], "_r": DIRECTIONS.index(r["direction"]),
-        })
-    out = pd.DataFrame(rows)
-    out = out.sort_values(["machine", "_size", "layer", "_r", "impl"])
+    for machine, group in timed.groupby("machine", sort=True):
+        sizes = group.groupby("layer")["layer_flops"].max().sort_values(kind="stable")
+        small = set(sizes.index[: max(1, (len(sizes) + 1) // 2)])
+        for r in group[group["layer"].isin(small)].to_dict("records"):
+            throttled, clock, energy, note = r["throttled"], r["sm_clock_mhz_min"], r["energy_mj"], r["energy_note"]
+            rows.append({
+                "machine": machine, "layer": r["layer"], "direction": r["direction"], "impl": r["impl"],
+                "warm": r["time_median"], "cold": r["time_cold_median"],
+                "cold ÷ warm": r["time_cold_median"] / r["time_median"], "kernel-only": r["time_graph_median"],
+                "throttled": ("yes" + (f" (SM {clock:.0f} MHz)" if pd.notna(clock) else "")) if throttled is True
+                             else ("no" if throttled is False else ""),
+                "energy mJ/call": f"{energy:.3g}" if pd.notna(energy) else (note if isinstance(note, str) else ""),
+                "_size": sizes[r["layer"]], "_r": DIRECTIONS.index(r["direction"]),
+            })
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    out = pd.DataFrame(rows).sort_values(["machine", "_size", "layer", "_r", "impl"])
     return out[columns].reset_index(drop=True)
 
 
