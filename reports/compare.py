@@ -126,7 +126,8 @@ def judge(old: pd.DataFrame, new: pd.DataFrame, threshold: float = 0.10, alpha: 
             verdict = "slower" if low > slow else "faster" if high < fast else "no clear change"
         else:
             verdict = "not judged"
-        machine = r["machine_old"] if r["machine_old"] == r["machine_new"] else f"{r['machine_old']} → {r['machine_new']}"
+        machine = (r["machine_old"] if r["machine_old"] == r["machine_new"]
+                   else f"{r['machine_old']} → {r['machine_new']}")
         rows.append({"case": r["case"], "device": r["device"], "dtype": r["dtype"], "machine": machine,
                      "old_run": r["run_old"], "new_run": r["run_new"], "old_median": r["median_old"],
                      "new_median": r["median_new"], "ratio": ratio, "low": low, "high": high,
@@ -178,7 +179,8 @@ def render(result: pd.DataFrame, fmt: str) -> str:
     right = {2, 3, 4, 6}  # numbers
 
     def line(cells):
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        padded = (c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(padded).rstrip()
     return "\n".join([line(HEADER), line(["-" * w for w in widths])] + [line(row) for row in rows]) + "\n"
 
 
@@ -186,12 +188,13 @@ def verdict_lines(result: pd.DataFrame, threshold: float, alpha: float, only_old
     """A line per slower case, then the tally."""
     lines = []
     for r in result[result["verdict"] == "slower"].to_dict("records"):
-        evidence = f"p = {_fmt_p(r['p'])}" if math.isfinite(r["p"]) else f"interval from {r['interval']}"
+        p = _fmt_p(r["p"])
+        evidence = (p.replace("<", "p < ") if p.startswith("<") else f"p = {p}") if p else f"interval from {r['interval']}"
         lines.append(f"slower: {r['case']} on {r['machine']}: {r['ratio']:.2f}× "
                      f"{_fmt_interval(r['low'], r['high'])}, {evidence}")
     counts = result["verdict"].value_counts()
     tally = ", ".join(f"{counts.get(v, 0)} {v}" for v in ("slower", "faster", "no clear change", "not judged"))
-    lines.append(f"{len(result)} cases compared (slower: above {1 + threshold:.2f}× with p < {alpha:g}, or the "
+    lines.append(f"{len(result)} cases compared (slower means above {1 + threshold:.2f}× with p < {alpha:g}, or the "
                  f"interval's lower end above it without raw times): {tally}; {only_old} only in OLD, "
                  f"{only_new} only in NEW.")
     return lines

@@ -337,7 +337,7 @@ def quality(df: pd.DataFrame, *, spread: float = 0.10, repeat: float = 0.10, slo
         if pd.notna(low) and pd.notna(high):
             reach = max(med - low, high - med) / med
             if reach > ci_width:
-                flags.append(f"95% interval ±{reach:.0%} of the median")
+                flags.append(f"95% interval ±{reach:.1%} of the median")
                 worst = max(worst, reach)
         if r.get("throttled") is True or r.get("throttled") is np.True_:
             clock = r.get("sm_clock_mhz_min")
