@@ -23,7 +23,8 @@ import seaborn as sns  # noqa: E402
 
 DIRECTIONS = ["forward", "backward", "train"]
 INTERVAL_NOTE = ("bootstrap of the ratio of medians from both cases' raw times, or conservatively from "
-                 "their medians' 95% intervals")
+                 "their medians' 95% intervals, or for records with neither (schema version 1) from each "
+                 "median's box-plot notch, ±1.58 IQR/√rounds")
 TABLE_ORDER = ["smoke", "paper", "sweep", "model"]
 DPI = 96
 sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)

@@ -39,6 +39,7 @@ td.bad { background: #fbe4e4; }
 tr.group td { border-top: 2px solid #aaa; }
 table.summary td { white-space: nowrap; }
 .wide { overflow-x: auto; }
+.wide th { position: static; }  /* a sticky header inside a scroll box would cover its first row */
 details { margin: 8px 0; }
 summary { cursor: pointer; color: #2b6cb0; }
 code { background: #f4f4f6; padding: 0 3px; border-radius: 3px; }
