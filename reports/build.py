@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import figures, html, tables
+from . import figures, html, intervals, tables
 from .load import REPO, Inputs, latest, load
 
 DEFAULT_OUT = REPO / "reports" / "html"
@@ -20,6 +20,8 @@ DEFAULT_OUT = REPO / "reports" / "html"
 DEVICE_FIGURES = [
     (figures.acceleration, "No flattened implementation has a dense time from the same run on this "
                            "device, so there is no speedup to show."),
+    (figures.machines_side_by_side, "One machine (or no layer measured on two machines) on this device, so "
+                                    "there are no machines to set side by side."),
     (figures.time_vs_size, "No successful timings on this device."),
     (figures.memory, "No peak-memory measurements (peak_bytes) on this device."),
     (figures.roofline, "No FLOP rate could be computed on this device (it needs a time and the layer's "
@@ -27,11 +29,16 @@ DEVICE_FIGURES = [
     (figures.kernels, "No per-kernel records (direction \"stage:...\") on this device."),
 ]
 SUMMARY_HELP = (
-    "Speedup = dense median time ÷ the best flattened implementation's median time, same run (above 1× "
-    "the flattened layer is faster). Roofline = achieved GFLOP/s ÷ the machine's measured ceiling at "
-    "that case's arithmetic intensity, min(sgemm GFLOP/s, copy GB/s × FLOPs/byte): 100% is the "
-    "machine's limit. Peak = extra memory of one call, MiB. Times are medians; the newest run per "
-    "machine and case."
+    "Peers are what a user would pick instead (torch, cuDNN, torch.compile, ONNX Runtime, Triton); "
+    "hand-written is this project's own kernels (OpenMP, CuPy). Hand-written vs peer = the fastest "
+    "peer's median time ÷ the best hand-written one's (above 1× the hand-written code is faster). "
+    "Speedup vs dense = dense median time ÷ the best flattened implementation's, same run (above 1× "
+    "the flattened layer is faster). Every ratio carries its 95% interval in brackets: "
+    f"{figures.INTERVAL_NOTE}; an interval that contains 1× is no clear difference. Roofline = "
+    "achieved GFLOP/s ÷ the machine's ceiling at that case's arithmetic intensity, min(sgemm GFLOP/s, "
+    "copy GB/s × FLOPs/byte), the best ceilings the run measured: 100% is the machine's limit. Peak = "
+    "extra memory of one call, MiB. Times are medians; per machine and layer the newest run that "
+    "measured it."
 )
 
 
@@ -55,7 +62,7 @@ def _machine_descriptions(df: pd.DataFrame) -> dict[str, str]:
         if last("cpu_model"):
             cores = last("cpu_cores_logical")
             threads = last("torch_threads")
-            cpu = str(last("cpu_model"))
+            cpu = str(last("cpu_model")) + (f" ({last('cpu_isa')})" if last("cpu_isa") else "")
             if cores is not None:
                 cpu += f", {int(cores)} logical cores"
             if threads is not None:
@@ -83,7 +90,7 @@ def _figure_or_sentence(result, error, sentence) -> str:
     return "".join(html.figure(f) for f in items)
 
 
-def summary_section(summ: pd.DataFrame) -> str:
+def summary_section(summ: pd.DataFrame, ok: pd.DataFrame, ctx: figures.Context, problems: list[str]) -> str:
     if summ.empty:
         return html.empty("No benchmark case has a successful timing in these inputs, so there is nothing "
                           "to summarise yet (failed and skipped cases, if any, are listed below).")
@@ -99,10 +106,35 @@ def summary_section(summ: pd.DataFrame) -> str:
     if len(shown) < len(summ):
         body += (f"<details><summary>Every layer of every table ({len(summ)} rows; above: the paper "
                  f"table only)</summary>{_summary_table(summ, multi_dtype)}</details>")
+    if summ["hw_vs_peer"].notna().any():
+        result, error = _safe(figures.peers, summ, ctx, problems=problems)
+        body += _figure_or_sentence(result, error, "")
+    else:
+        body += html.empty("No layer has both a peer (role \"peer\") and a hand-written implementation "
+                           "(role \"handwritten\") timed in one run; records of schema version 1 carry "
+                           "no role, so the peer comparison needs results written by the current harness.")
+    cost = tables.compile_cost(ok)
+    if not cost.empty:
+        body += "<h3>Compile and export cost</h3>"
+        body += html.paragraph("Seconds an implementation spent compiling (torch.compile) or exporting and "
+                               "building its session (ONNX Runtime) for a case, before and outside the timed "
+                               "calls; “median call” is the median time of one timed call of those cases, "
+                               "so median s ÷ median call is how many calls the compile costs.", "meta")
+        body += html.table(cost, formats={"median s": html.fmt_num, "max s": html.fmt_num,
+                                          "total s": html.fmt_num, "median call": html.fmt_time})
     return body
 
 
+def _ratio_class(low, high) -> str:
+    """Green where the interval lies above 1×, red below, plain where it spans 1× or is unknown."""
+    return "num " + {"above": "good", "below": "bad"}.get(intervals.verdict(low, high), "")
+
+
 def _summary_table(summ: pd.DataFrame, multi_dtype: bool) -> str:
+    ratio = [html.fmt_ratio_ci(r, lo, hi) for r, lo, hi in zip(summ["hw_vs_peer"], summ["hw_vs_peer_low"],
+                                                                 summ["hw_vs_peer_high"])]
+    speedup = [html.fmt_ratio_ci(r, lo, hi) for r, lo, hi in zip(summ["speedup"], summ["speedup_low"],
+                                                                  summ["speedup_high"])]
     view = pd.DataFrame({
         "device": summ["device"].map(figures.device_label),
         "machine": summ["machine"],
@@ -110,22 +142,30 @@ def _summary_table(summ: pd.DataFrame, multi_dtype: bool) -> str:
         "layer": summ["layer"],
         "direction": summ["direction"],
         "fastest": summ["fastest"],
+        "fastest peer": summ["peer"],
+        "peer time": summ["peer_time"],
+        "best hand-written": summ["handwritten"],
+        "hand-written time": summ["handwritten_time"],
+        "hand-written vs peer": ratio,
         "best flattened": summ["best_flat"],
-        "its time": summ["flat_time"],
-        "dense time": summ["dense_time"],
-        "speedup vs dense": summ["speedup"],
+        "dense time": summ["base_time"],
+        "speedup vs dense": speedup,
         "roofline: flattened": summ["flat_roofline"],
-        "roofline: dense": summ["dense_roofline"],
+        "roofline: dense": summ["base_roofline"],
         "peak MiB: flattened": summ["flat_peak_mib"],
-        "peak MiB: dense": summ["dense_peak_mib"],
+        "peak MiB: dense": summ["base_peak_mib"],
     })
+    verdicts = {"hand-written vs peer": [_ratio_class(lo, hi) for lo, hi in zip(summ["hw_vs_peer_low"],
+                                                                                   summ["hw_vs_peer_high"])],
+                "speedup vs dense": [_ratio_class(lo, hi) for lo, hi in zip(summ["speedup_low"],
+                                                                               summ["speedup_high"])]}
     return html.table(
         view,
-        formats={"its time": html.fmt_time, "dense time": html.fmt_time, "speedup vs dense": html.fmt_ratio,
+        formats={"peer time": html.fmt_time, "hand-written time": html.fmt_time, "dense time": html.fmt_time,
                  "roofline: flattened": html.fmt_pct, "roofline: dense": html.fmt_pct,
                  "peak MiB: flattened": html.fmt_num, "peak MiB: dense": html.fmt_num},
-        classes={"speedup vs dense": lambda v: "" if pd.isna(v) else ("good" if v >= 1 else "bad")},
-        span=["device", "machine"] + (["dtype"] if multi_dtype else []) + ["layer"], cls="summary",
+        cell_classes=verdicts,
+        span=["device", "machine"] + (["dtype"] if multi_dtype else []) + ["layer"], cls="summary", wide=True,
     )
 
 
@@ -161,11 +201,62 @@ def device_section(device: str, all_rows: pd.DataFrame, ok: pd.DataFrame, out: P
             f"Kernel-only times (CUDA graph replay) exist for {len(g)} cases; the median share of "
             f"per-call time that is launch overhead outside the kernels is {share:.0%}. They are "
             f"in the CSV column time_graph_median.", "meta")
+    if device == "cuda":
+        body += _tf32_note(data)
     ctx = figures.Context(out=out, palette=palette, machines=descriptions, device=device, dtype=dtype or "")
     for function, sentence in DEVICE_FIGURES:
         result, error = _safe(function, data, ctx, problems=problems)
         body += _figure_or_sentence(result, error, sentence)
+    notes = tables.roofline_notes(data)
+    if not notes.empty:
+        body += html.paragraph(f"{len(notes)} cases reach above their machine's roofline; the records say "
+                               f"why (roofline_note):", "meta")
+        body += html.table(notes, formats={"roofline": html.fmt_pct})
+    if device == "cuda":
+        body += _gpu_times_section(data)
     return body
+
+
+def _tf32_note(data: pd.DataFrame) -> str:
+    """The TF32 flags the GPU cases ran under (they decide what float32 means there)."""
+    flags = sorted(set(data["tf32"].dropna().astype(str)))
+    if not flags:
+        return ""
+    said = "; ".join(tables.fmt_value("tf32", f) for f in flags)
+    return html.paragraph(f"TF32 flags in force: {said}.", "meta")
+
+
+def _gpu_times_section(data: pd.DataFrame) -> str:
+    times = tables.gpu_times(data)
+    if times.empty or times[["cold", "kernel-only"]].notna().to_numpy().sum() == 0:
+        return html.empty("No cold-cache (time_cold_median) or kernel-only (time_graph_median) GPU times in "
+                          "these records.")
+    text = ("Small layers, warm and cold: the smaller half of the layers by size, where the GPU's L2 cache "
+            "can hold the working set between calls. Warm = the median per-call time as measured; cold = "
+            "the median with the L2 cache flushed before each call (what a layer meets inside a network, "
+            "whose other layers evict it); kernel-only = CUDA-graph replay, without the launch overhead. "
+            "Throttled: the SM clock fell below 90% of its maximum or a throttle reason other than idle was "
+            "set while the case ran (also flagged under Measurement quality). Energy per call from NVML's "
+            "energy counter, or why it is missing.")
+    said = []
+    for machine, group in times.groupby("machine", sort=True):
+        parts = []
+        cold = group["cold ÷ warm"].dropna()
+        if not cold.empty:
+            parts.append(f"cold ÷ warm median {cold.median():.2f}× (range {cold.min():.2f}–{cold.max():.2f}×)")
+        kernel = (group["kernel-only"] / group["warm"]).dropna()
+        if not kernel.empty:
+            parts.append(f"kernel-only {kernel.median():.0%} of warm")
+        throttled = int(group["throttled"].str.startswith("yes").sum())
+        parts.append(f"{throttled} throttled" if throttled else "none throttled")
+        energy = int((group["energy mJ/call"] != "").sum())
+        parts.append(f"energy recorded or explained for {energy} of {len(group)}")
+        said.append(f"{machine}: {len(group)} small-layer cases, {', '.join(parts)}.")
+    table = html.table(times, formats={"warm": html.fmt_time, "cold": html.fmt_time, "kernel-only": html.fmt_time,
+                                       "cold ÷ warm": html.fmt_ratio}, span=["machine", "layer"])
+    return ("<h3>Small layers: warm, cold and kernel-only times</h3>" + html.paragraph(text, "meta")
+            + "".join(html.paragraph(line) for line in said)
+            + f"<details><summary>Every small-layer case ({len(times)} rows)</summary>{table}</details>")
 
 
 # The paper's accuracy table has these rows; the report says which ones the inputs measured.
@@ -240,14 +331,16 @@ def models_section(models: list[dict], out: Path, ctx: figures.Context, problems
     return body
 
 
-def build(inputs: list | None = None, out: Path | str | None = None, problems: list | None = None) -> Path:
+def build(inputs: list | None = None, out: Path | str | None = None, problems: list | None = None,
+          data: Inputs | None = None) -> Path:
     """Write results.csv, figures/ and index.html into `out`; return index.html's path.
+    `data` is what `load(inputs)` returned, when the caller has read the inputs already.
     Reading and drawing problems are appended to `problems` when given (and listed on the page)."""
     out = Path(out) if out is not None else DEFAULT_OUT
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / "figures", ignore_errors=True)
     (out / "figures").mkdir()
-    data: Inputs = load(inputs)
+    data = load(inputs) if data is None else data
     df = data.records
     problems = data.problems if problems is None else problems
     if problems is not data.problems:
@@ -255,13 +348,13 @@ def build(inputs: list | None = None, out: Path | str | None = None, problems: l
 
     df.to_csv(out / "results.csv", index=False)
     ok = latest(df)
-    palette = figures.palette(df["impl"].dropna().unique())
+    palette = figures.palette(df)
     descriptions = _machine_descriptions(df)
     ctx = figures.Context(out=out, palette=palette, machines=descriptions)
 
     sections = []
     summ = tables.summary(ok)
-    sections.append(("summary", "Summary", summary_section(summ)))
+    sections.append(("summary", "Summary", summary_section(summ, ok, ctx, problems)))
     devices = ["cpu", "cuda"] + sorted(set(df["device"].dropna()) - {"cpu", "cuda"})
     for device in devices:
         sections.append((device if device != "cuda" else "gpu", figures.device_label(device),
@@ -289,25 +382,34 @@ def build(inputs: list | None = None, out: Path | str | None = None, problems: l
     listed = flagged.head(40)
     sections.append(("quality", "Measurement quality", (
         html.paragraph(f"{len(flagged)} of {timed} timed cases are flagged: an IQR above 10% of the median, a "
-                       f"second measurement in the same run more than 10% away (time_repeat_median), or a "
+                       f"second measurement in the same run more than 10% away (time_repeat_median), a "
                        f"compute probe taken around the case more than 8% below the best of its run "
-                       f"(probe_gflops: the cores were slow then). Compare "
+                       f"(probe_gflops: the cores were slow then), a 95% interval of the median reaching "
+                       f"further than ±{tables.CI_WIDTH:.0%} of it (time_ci95_low/high), or a GPU that was "
+                       f"throttled while the case ran (throttled: a slow period of the GPU). Compare "
                        f"such a case only with cases of the same run, or measure it again"
                        + (f"; the {len(listed)} worst are listed, results.csv has every case." if len(flagged) > len(listed)
                           else "."), "meta")
         + html.table(listed, formats={"median": html.fmt_time})) if not flagged.empty
-        else html.empty(f"None of the {timed} timed cases is flagged (spread, repeat, slow period).")))
+        else html.empty(f"None of the {timed} timed cases is flagged (spread, repeat, slow period, "
+                        f"interval width, throttling).")))
 
     machines = tables.machines(df, data.asv_machines)
     sections.append(("machines", "Machines", html.table(machines, index=True) if not machines.empty
                      else html.empty("No machine metadata in these inputs.")))
 
     fails = tables.failures(df)
-    sections.append(("failures", "Failed and skipped cases", (
-        html.paragraph(f"{int(fails['count'].sum())} cases did not produce a time, grouped below by "
-                       f"reason. A failed case did not pass the correctness gate or raised; a skipped one "
-                       f"could not run there. results.csv lists each case.", "meta")
-        + html.table(fails)) if not fails.empty else html.empty("No failed or skipped cases.")))
+    body = ""
+    for status, heading, text in (
+            ("failed", "Failed", "did not pass the correctness gate, or raised"),
+            ("skipped", "Skipped", "could not or need not run there: by design (an inference-only runtime has "
+                                   "no backward), or for want of a library or a device")):
+        part = fails[fails["status"] == status].drop(columns="status")
+        if not part.empty:
+            body += (f"<h3>{heading} ({int(part['count'].sum())})</h3>"
+                     + html.paragraph(f"These cases {text}; grouped by reason, results.csv lists each case.",
+                                      "meta") + html.table(part))
+    sections.append(("failures", "Failed and skipped cases", body or html.empty("No failed or skipped cases.")))
 
     data_body = (f'<p><a href="results.csv">results.csv</a>: the tidy long table, one row per case '
                  f"({len(df)} rows, every status), with the derived columns (speedup, roofline_fraction, "

@@ -22,6 +22,9 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 DIRECTIONS = ["forward", "backward", "train"]
+INTERVAL_NOTE = ("bootstrap of the ratio of medians from both cases' raw times, or conservatively from "
+                 "their medians' 95% intervals, or for records with neither (schema version 1) from each "
+                 "median's box-plot notch, ±1.58 IQR/√rounds")
 TABLE_ORDER = ["smoke", "paper", "sweep", "model"]
 DPI = 96
 sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
@@ -55,13 +58,23 @@ class Context:
         return "; ".join(self.machines.get(m, m) for m in names) or "unknown machine"
 
 
-def palette(impls) -> dict[str, tuple]:
-    names = sorted({str(i) for i in impls if isinstance(i, str)} - {"dense"})
+def baselines(df: pd.DataFrame) -> list[str]:
+    """The implementations the records mark as the baseline (column `baseline`)."""
+    if df.empty or "baseline" not in df:
+        return []
+    return sorted(set(df.loc[df["baseline"].astype(bool), "impl"].dropna().astype(str)))
+
+
+def palette(df: pd.DataFrame) -> dict[str, tuple]:
+    """implementation -> colour, the same in every figure; the baseline(s) in greys."""
+    base = baselines(df)
+    names = sorted({str(i) for i in df["impl"].dropna()} - set(base)) if not df.empty else []
     tab10 = sns.color_palette("tab10", 10)
-    colours = [c for i, c in enumerate(tab10) if i != 7]  # grey is kept for dense
+    colours = [c for i, c in enumerate(tab10) if i != 7]  # tab10's grey is kept for the baseline
     colours += [c for i, c in enumerate(sns.color_palette("tab20", 20)) if i % 2 and i not in (15,)]
     out = {name: colours[i % len(colours)] for i, name in enumerate(names)}
-    out["dense"] = (0.2, 0.2, 0.2)
+    greys = [(0.2, 0.2, 0.2), (0.45, 0.45, 0.45), (0.65, 0.65, 0.65)]
+    out.update({name: greys[i % len(greys)] for i, name in enumerate(base)})
     return out
 
 
@@ -81,8 +94,9 @@ def _layer_order(df: pd.DataFrame) -> list[str]:
 
 
 def _impl_order(df: pd.DataFrame) -> list[str]:
-    names = sorted(set(df["impl"].dropna().astype(str)) - {"dense"})
-    return names + (["dense"] if (df["impl"] == "dense").any() else [])
+    """Implementations by name, the baseline(s) last."""
+    base = baselines(df)
+    return sorted(set(df["impl"].dropna().astype(str)) - set(base)) + base
 
 
 def _directions(df: pd.DataFrame) -> list[str]:
@@ -129,8 +143,47 @@ def _batch_note(df: pd.DataFrame) -> str:
 
 # -----------------------------------------------------------------------------------
 # (1) The paper's "Acceleration" panel
+def _bars(ax, data: pd.DataFrame, y: str, layers: list[str], impls: list[str], palette: dict,
+          interval: tuple[str, str] | None = None, base: float = 0.0) -> None:
+    """Grouped bars: x = layer, one bar per implementation (colour), drawn from `base` (1 for
+    a ratio on a log axis: up is faster, down slower); black whiskers span the 95% interval
+    (`interval` names its low and high columns) where the data has one."""
+    width = 0.8 / max(1, len(impls))
+    data = data[["impl", "layer", y] + list(interval or [])]  # a narrow copy: the tidy table is wide
+    groups = dict(tuple(data.groupby("impl")))
+    for j, impl in enumerate(impls):
+        if impl not in groups:
+            continue
+        sub = groups[impl].drop_duplicates("layer").set_index("layer")
+        xs = [i + (j - (len(impls) - 1) / 2) * width for i, layer in enumerate(layers) if layer in sub.index]
+        present = [layer for layer in layers if layer in sub.index]
+        if not present:
+            continue
+        values = sub.loc[present, y].to_numpy(dtype=float)
+        ax.bar(xs, values - base, bottom=base, width=width, color=palette.get(impl), label=impl, linewidth=0)
+        if interval is not None:
+            lo = sub.loc[present, interval[0]].to_numpy(dtype=float)
+            hi = sub.loc[present, interval[1]].to_numpy(dtype=float)
+            has = np.isfinite(lo) & np.isfinite(hi)
+            if has.any():
+                err = [np.clip(values - lo, 0, None)[has], np.clip(hi - values, 0, None)[has]]
+                ax.errorbar(np.asarray(xs)[has], values[has], yerr=err, fmt="none", ecolor="black",
+                            elinewidth=0.8, capsize=1.5)
+    ax.set_xlim(-0.5, len(layers) - 0.5)
+    ax.grid(axis="x", visible=False)  # the bars, not grid lines, mark the layers
+
+
+def _ratio_limits(axes, values) -> None:
+    """Log limits of shared ratio axes that show every bar and whisker, and 1×."""
+    values = np.asarray([v for v in values if np.isfinite(v) and v > 0] + [1.0])
+    lo, hi = values.min() / 1.25, values.max() * 1.25
+    for ax in np.ravel(axes):
+        ax.set_ylim(lo, hi)
+        log_axis(ax.yaxis)
+
+
 def _layer_bars(data: pd.DataFrame, y: str, ylabel: str, ctx: Context, log: bool = False,
-                line_at_one: bool = False) -> plt.Figure:
+                line_at_one: bool = False, interval: tuple[str, str] | None = None) -> plt.Figure:
     """Bars per layer (x, grouped by table) and implementation (colour), one row per direction."""
     layers = _layer_order(data)
     impls = _impl_order(data)
@@ -140,8 +193,7 @@ def _layer_bars(data: pd.DataFrame, y: str, ylabel: str, ctx: Context, log: bool
                              figsize=(width, 2.5 * len(directions) + 0.8))
     tables = [data.loc[data["layer"] == layer, "table"].iloc[0] for layer in layers]
     for ax, direction in zip(axes[:, 0], directions):
-        sns.barplot(data=data[data["direction"] == direction], x="layer", y=y, hue="impl", order=layers,
-                    hue_order=impls, palette=ctx.palette, errorbar=None, ax=ax, legend=ax is axes[0, 0])
+        _bars(ax, data[data["direction"] == direction], y, layers, impls, ctx.palette, interval)
         if log:
             log_axis(ax.yaxis)
         if line_at_one:
@@ -161,10 +213,8 @@ def _layer_bars(data: pd.DataFrame, y: str, ylabel: str, ctx: Context, log: bool
     ax.set_xticks(range(len(layers)))
     ax.set_xticklabels([_short(x) for x in layers], rotation=30, ha="right", fontsize=8)
     ax.set_xlabel("layer: c<in>-n<out>-s<height=width>-k<kernel>")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    if axes[0, 0].get_legend():
-        axes[0, 0].get_legend().remove()
-    fig.legend(handles, labels, title="implementation", loc="center left", bbox_to_anchor=(1.0, 0.5),
+    handles = [plt.Rectangle((0, 0), 1, 1, color=ctx.palette.get(i)) for i in impls]
+    fig.legend(handles, impls, title="implementation", loc="center left", bbox_to_anchor=(1.0, 0.5),
                frameon=False)
     fig.tight_layout()
     return fig
@@ -174,17 +224,141 @@ def acceleration(df: pd.DataFrame, ctx: Context) -> list[Figure] | None:
     data = df[df["is_flat"].astype(bool) & df["speedup"].notna() & df["direction"].isin(DIRECTIONS)]
     out = []
     for machine, sub in data.groupby("machine", sort=True):
-        fig = _layer_bars(sub, "speedup", "speedup over dense (×)", ctx, line_at_one=True)
+        fig = _layer_bars(sub, "speedup", "speedup over dense (×)", ctx, line_at_one=True,
+                          interval=("speedup_low", "speedup_high"))
         rel = ctx.save(fig, f"acceleration_{ctx.device}_{machine}")
         out.append(Figure(
             rel, f"Acceleration over dense: {device_label(ctx.device)}, {machine}",
             f"Speedup of each flattened implementation over the dense k×k convolution it replaces: "
             f"dense median time ÷ implementation median time, both from the same run, layer, "
             f"{ctx.dtype} and direction. Measured on {ctx.where(sub)}; {_batch_note(sub)}. "
-            f"Bars above the dashed line at 1× are faster than dense, below it slower. One panel per "
+            f"Bars above the dashed line at 1× are faster than dense, below it slower; whiskers span "
+            f"the 95% interval of the ratio ({INTERVAL_NOTE}), absent where the records carry neither. "
+            f"One panel per "
             f"direction (forward = inference, backward = gradients from saved state, train = both); "
             f"layers grouped by table, smallest first within a table."))
     return out or None
+
+
+# -----------------------------------------------------------------------------------
+# (1b) Machines side by side
+def _hardware(sub: pd.DataFrame, device: str) -> str:
+    """A machine's hardware in a few words: the GPU, or the CPU model and its instruction set."""
+    def last(key):
+        col = sub.get(f"machine_{key}")
+        return str(col.dropna().iloc[-1]) if col is not None and col.notna().any() else None
+
+    if device == "cuda" and last("gpu_name"):
+        return last("gpu_name")
+    return " · ".join(x for x in (last("cpu_model"), last("cpu_isa")) if x) or "hardware not recorded"
+
+
+def machines_side_by_side(df: pd.DataFrame, ctx: Context) -> Figure | None:
+    """Speedup over the baseline per layer, one column per machine (each ratio within its
+    own run), on the layers that at least two machines measured."""
+    data = df[df["is_flat"].astype(bool) & df["speedup"].notna() & df["direction"].isin(DIRECTIONS)]
+    machines = sorted(data["machine"].unique())
+    if len(machines) < 2:
+        return None
+    shared = data.groupby("layer")["machine"].nunique()
+    data = data[data["layer"].isin(shared[shared >= 2].index)]
+    if data.empty:
+        return None
+    machines = sorted(data["machine"].unique())
+    layers, impls, directions = _layer_order(data), _impl_order(data), _directions(data)
+    panel = _width(len(layers) * len(impls), 0.13, 3.4, 6.0)
+    fig, axes = plt.subplots(len(directions), len(machines), squeeze=False, sharey="row", sharex=True,
+                             figsize=(panel * len(machines) + 1.0, 2.6 * len(directions) + 1.0))
+    for c, machine in enumerate(machines):
+        sub = data[data["machine"] == machine]
+        for r, direction in enumerate(directions):
+            ax = axes[r][c]
+            _bars(ax, sub[sub["direction"] == direction], "speedup", layers, impls, ctx.palette,
+                  ("speedup_low", "speedup_high"), base=1.0)
+            ax.axhline(1.0, color="black", linestyle="--", linewidth=1)
+            if c == 0:
+                ax.set_ylabel(f"{direction}\nspeedup (×, log)")
+        axes[0][c].set_title(f"{machine}\n{_hardware(sub, ctx.device)}", fontsize=9)
+        axes[-1][c].set_xticks(range(len(layers)))
+        axes[-1][c].set_xticklabels([_short(x) for x in layers], rotation=35, ha="right", fontsize=8)
+    for r, direction in enumerate(directions):  # rows share their axis: one set of limits per row
+        sub = data[data["direction"] == direction]
+        _ratio_limits(axes[r], list(sub["speedup"]) + list(sub["speedup_low"]) + list(sub["speedup_high"]))
+    handles = [plt.Rectangle((0, 0), 1, 1, color=ctx.palette.get(i)) for i in impls]
+    fig.legend(handles, impls, title="implementation", loc="center left", bbox_to_anchor=(1.0, 0.5),
+               frameon=False)
+    fig.tight_layout()
+    rel = ctx.save(fig, f"machines_{ctx.device}")
+    return Figure(rel, f"Machines side by side ({device_label(ctx.device)})",
+                  f"Speedup of each flattened implementation over dense on each machine (columns, titled "
+                  f"with the machine's CPU model and widest vector instruction set, or its GPU), one row per "
+                  f"direction, on the layers at least two machines measured; {ctx.dtype}. Every ratio is "
+                  f"taken within its own machine's run, never across machines; whiskers span its 95% "
+                  f"interval ({INTERVAL_NOTE}). Log scale: equal heights above and below the dashed 1× "
+                  f"line are equal factors faster and slower. A machine without a bar did not run that "
+                  f"implementation.")
+
+
+def peers(summ: pd.DataFrame, ctx: Context) -> Figure | None:
+    """The best hand-written implementation against the fastest peer, per layer and
+    direction (reports.tables.summary's hw_vs_peer), one column per device and machine."""
+    data = summ[summ["hw_vs_peer"].notna()]
+    if data.empty:
+        return None
+    columns = list(dict.fromkeys(zip(data["device"], data["machine"])))
+    directions = _directions(data)
+    width = max(3.6, 0.45 * data.groupby(["device", "machine"])["layer"].nunique().max() + 1.2)
+    fig, axes = plt.subplots(len(directions), len(columns), squeeze=False, sharey=True,
+                             figsize=(width * len(columns) + 1.4, 2.5 * len(directions) + 1.2))
+    hand = sorted(data["handwritten"].dropna().unique())
+    for c, (device, machine) in enumerate(columns):
+        sub = data[(data["device"] == device) & (data["machine"] == machine)]
+        layers = list(dict.fromkeys(sub["layer"]))  # the summary's order: by table, then size
+        for r, direction in enumerate(directions):
+            ax = axes[r][c]
+            s = sub[sub["direction"] == direction].set_index("layer")
+            xs = [i for i, layer in enumerate(layers) if layer in s.index]
+            present = [layer for layer in layers if layer in s.index]
+            if present:
+                row = s.loc[present]
+                ax.bar(xs, row["hw_vs_peer"] - 1, bottom=1, width=0.7,
+                       color=[ctx.palette.get(h) for h in row["handwritten"]])
+                lo, hi = row["hw_vs_peer_low"].to_numpy(float), row["hw_vs_peer_high"].to_numpy(float)
+                has = np.isfinite(lo) & np.isfinite(hi)
+                v = row["hw_vs_peer"].to_numpy(float)
+                ax.errorbar(np.asarray(xs)[has], v[has], yerr=[(v - lo)[has].clip(0), (hi - v)[has].clip(0)],
+                            fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
+                for x, value, low, high, peer in zip(xs, v, lo, hi, row["peer"]):
+                    above = value >= 1  # the name sits beyond the bar's end (and whisker), away from 1×
+                    end = np.fmax(value, high) if above else np.fmin(value, low)
+                    ax.annotate(str(peer), xy=(x, end), xytext=(0, 2 if above else -2), textcoords="offset points",
+                                ha="center", va="bottom" if above else "top", fontsize=6.5, rotation=90,
+                                color="#333")
+            ax.axhline(1.0, color="black", linestyle="--", linewidth=1)
+            ax.set_xlim(-0.5, len(layers) - 0.5)
+            ax.set_xticks(range(len(layers)))
+            ax.set_xticklabels([_short(x) for x in layers] if r == len(directions) - 1 else [],
+                               rotation=35, ha="right", fontsize=8)
+            if c == 0:
+                ax.set_ylabel(f"{direction}\npeer ÷ hand-written")
+        axes[0][c].set_title(f"{device_label(device)} · {machine}", fontsize=9)
+    values = list(data["hw_vs_peer"]) + list(data["hw_vs_peer_low"]) + list(data["hw_vs_peer_high"])
+    _ratio_limits(axes, values)
+    lo, hi = axes[0][0].get_ylim()
+    for ax in axes.flat:  # room for the peers' names beyond the bars
+        ax.set_ylim(lo / 3, hi * 3)
+        log_axis(ax.yaxis)
+        ax.grid(axis="x", visible=False)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=ctx.palette.get(h)) for h in hand]
+    fig.legend(handles, hand, title="best hand-written", loc="center left", bbox_to_anchor=(1.0, 0.5),
+               frameon=False)
+    fig.tight_layout()
+    rel = ctx.save(fig, "peers")
+    return Figure(rel, "Hand-written code against the peers a user would pick instead",
+                  f"Per layer and direction: the fastest peer's median time ÷ the best hand-written "
+                  f"implementation's (bar colour; the peer is named above the bar), same run. Above the "
+                  f"dashed 1× line the hand-written code is faster than every peer measured there; below "
+                  f"it a peer is faster. Whiskers span the 95% interval ({INTERVAL_NOTE}). Log scale.")
 
 
 # -----------------------------------------------------------------------------------
@@ -194,6 +368,7 @@ def time_vs_size(df: pd.DataFrame, ctx: Context) -> Figure | None:
     if data.empty:
         return None
     impls = _impl_order(data)
+    base = baselines(data)
     directions = _directions(data)
     machines = sorted(data["machine"].unique())
     fig, axes = plt.subplots(len(machines), len(directions), squeeze=False,
@@ -213,7 +388,7 @@ def time_vs_size(df: pd.DataFrame, ctx: Context) -> Figure | None:
                             capsize=2, elinewidth=1)
                 trend = s.groupby("layer_flops")["time_median"].median()
                 ax.plot(trend.index, trend.values, color=ctx.palette.get(impl), linewidth=1.2,
-                        linestyle="--" if impl == "dense" else "-", alpha=0.8)
+                        linestyle="--" if impl in base else "-", alpha=0.8)
             log_axis(ax.xaxis, "si")
             log_axis(ax.yaxis, "s")
             ax.set_title(f"{direction} · {machine}", fontsize=10)
@@ -280,8 +455,9 @@ def roofline(df: pd.DataFrame, ctx: Context) -> Figure | None:
             ax.scatter(s["intensity"], s["gflops"], color=ctx.palette.get(impl), marker=markers.get(direction, "o"),
                        s=28, alpha=0.85, edgecolors="white", linewidths=0.4)
         xmin, xmax = sub["intensity"].min() / 2, sub["intensity"].max() * 2
-        bw = sub["machine_copy_gbps"].dropna().median() if "machine_copy_gbps" in sub else np.nan
-        peak = sub["machine_sgemm_gflops"].dropna().median() if "machine_sgemm_gflops" in sub else np.nan
+        # the best ceilings measured (reports.load: per run, the largest over its records)
+        bw = sub["ceiling_copy_gbps"].max()
+        peak = sub["ceiling_sgemm_gflops"].max()
         if np.isfinite(bw) and np.isfinite(peak):
             ridge = peak / bw
             xs = np.geomspace(min(xmin, ridge / 4), max(xmax, ridge * 4), 200)
@@ -312,7 +488,8 @@ def roofline(df: pd.DataFrame, ctx: Context) -> Figure | None:
                   f"Achieved GFLOP/s (the layer's FLOPs ÷ median time) against arithmetic intensity (FLOPs "
                   f"÷ the minimum bytes the layer must move), log-log, one point per layer, colour = "
                   f"implementation, marker = direction. The black line is each machine's measured "
-                  f"ceiling: min(sgemm GFLOP/s, copy GB/s × intensity) from its metadata. The vertical gap "
+                  f"ceiling: min(sgemm GFLOP/s, copy GB/s × intensity), the best of the ceilings its run "
+                  f"measured (a run measures them several times). The vertical gap "
                   f"between a point and the line is how far that case is from the machine's limit "
                   f"(a point at one tenth of the line runs at 10% of it). Measured on {ctx.where(data)}; "
                   f"{ctx.dtype}.{note}")

@@ -6,9 +6,12 @@ import datetime
 import html
 import math
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
 
-from .figures import Figure
+if TYPE_CHECKING:  # the formatters serve `compare` too, which draws nothing (no matplotlib)
+    from .figures import Figure
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
@@ -35,6 +38,8 @@ td.good { background: #e3f4e4; }
 td.bad { background: #fbe4e4; }
 tr.group td { border-top: 2px solid #aaa; }
 table.summary td { white-space: nowrap; }
+.wide { overflow-x: auto; }
+.wide th { position: static; }  /* a sticky header inside a scroll box would cover its first row */
 details { margin: 8px 0; }
 summary { cursor: pointer; color: #2b6cb0; }
 code { background: #f4f4f6; padding: 0 3px; border-radius: 3px; }
@@ -58,6 +63,15 @@ def fmt_time(seconds) -> str:
 
 def fmt_ratio(value) -> str:
     return "" if value is None or pd.isna(value) else f"{value:.2f}×"
+
+
+def fmt_ratio_ci(ratio, low, high) -> str:
+    """A ratio with its 95% interval: "1.82× [1.71, 1.93]" (the bare ratio without one)."""
+    if ratio is None or pd.isna(ratio):
+        return ""
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return fmt_ratio(ratio)
+    return f"{ratio:.2f}× [{low:.2f}, {high:.2f}]"
 
 
 def fmt_pct(value) -> str:
@@ -85,11 +99,14 @@ def figure(fig: Figure) -> str:
 
 
 def table(df: pd.DataFrame, formats: dict | None = None, classes: dict | None = None,
-          index: bool = False, span: list[str] | None = None, cls: str | None = None) -> str:
+          index: bool = False, span: list[str] | None = None, cls: str | None = None,
+          wide: bool = False, cell_classes: dict | None = None) -> str:
     """A plain HTML table. `formats` maps a column to a function value -> text; `classes`
-    maps a column to a function value -> CSS class; numbers are right-aligned. Columns in
-    `span` (leading columns, outermost first) merge runs of equal values into one cell."""
+    maps a column to a function value -> CSS class, `cell_classes` a column to one class per
+    row; numbers are right-aligned. Columns in `span` (leading columns, outermost first)
+    merge runs of equal values into one cell."""
     formats, classes, span = formats or {}, classes or {}, span or []
+    cell_classes = cell_classes or {}
     head = "".join(f"<th>{esc(c)}</th>" for c in ([df.index.name or ""] if index else []) + list(df.columns))
     rows = list(df.iterrows())
     keys = [tuple(str(row[c]) for c in span) for _, row in rows]
@@ -115,6 +132,8 @@ def table(df: pd.DataFrame, formats: dict | None = None, classes: dict | None = 
                 extra = classes[column](value)
                 if extra:
                     cell_cls.append(extra)
+            if column in cell_classes and cell_classes[column][i]:
+                cell_cls.append(cell_classes[column][i])
             if cell_cls:
                 attrs += f' class="{" ".join(cell_cls)}"'
             cells.append(f"<td{attrs}>{text}</td>")
@@ -122,7 +141,9 @@ def table(df: pd.DataFrame, formats: dict | None = None, classes: dict | None = 
         row_attr = ' class="group"' if starts_group else ""
         body.append(f"<tr{row_attr}>{''.join(cells)}</tr>")
     table_attr = f' class="{esc(cls)}"' if cls else ""
-    return f"<table{table_attr}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    text = f"<table{table_attr}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    # a wide table scrolls in its own box (its header then no longer sticks to the page)
+    return f'<div class="wide">{text}</div>' if wide else text
 
 
 def section(anchor: str, title: str, body: str) -> str:

@@ -16,46 +16,36 @@ content, they warn and skip what they cannot read.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+
+from bench import schema
+from impls.shapes import LayerShape
+
+from . import intervals
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Columns the rest of the package may rely on; any that no input provides are added empty.
-RECORD_COLUMNS = [
-    "run_id", "case", "impl", "device", "table", "shape", "batch", "in_channels",
-    "out_channels", "height", "width", "kernel_size", "padding", "dtype", "direction",
-    "status", "reason", "time_median", "time_iqr", "time_q1", "time_q3", "time_mean",
-    "time_min", "time_stddev", "rounds", "time_graph_median", "timer", "peak_bytes",
-    "flops", "bytes", "gflops", "gbps", "intensity", "roofline_fraction", "params",
-    "max_rel_error", "timestamp", "commit", "time_repeat_median", "cpu_utilization", "interleave_passes",
-    "probe_gflops",
-]
-NUMERIC_COLUMNS = [
-    "batch", "in_channels", "out_channels", "height", "width", "kernel_size", "padding",
-    "time_median", "time_iqr", "time_q1", "time_q3", "time_mean", "time_min", "time_stddev",
-    "rounds", "time_graph_median", "peak_bytes", "flops", "bytes", "gflops", "gbps",
-    "intensity", "roofline_fraction", "params", "max_rel_error", "time_repeat_median", "cpu_utilization",
-    "interleave_passes", "probe_gflops",
-]
-MACHINE_KEYS = [
-    "host", "cpu_model", "cpu_cores_physical", "cpu_cores_logical", "cpu_freq_mhz",
-    "memory_bytes", "gpu_name", "gpu_driver", "gpu_memory_bytes", "gpu_clocks",
-    "torch_version", "cudnn_version", "cupy_version", "compiler", "torch_threads",
-    "omp_threads", "glibc_tunables", "copy_gbps", "sgemm_gflops", "platform", "python", "threads",
-    "load_avg_1min",
-]
+# The record's fields are bench/schema.py's; the machine's keys become machine_<key>.
+RECORD_COLUMNS = [f for f in schema.FIELDS if f != "machine"]
+NUMERIC_COLUMNS = list(schema.NUMERIC_FIELDS)
+MACHINE_COLUMNS = [f"machine_{k}" for k in schema.MACHINE_FIELDS]
+# machine keys the report computes with (the others are shown as recorded)
+MACHINE_NUMERIC = ["copy_gbps", "sgemm_gflops", "threads", "cpu_cores_physical", "cpu_cores_logical",
+                   "cpu_freq_mhz", "memory_bytes", "gpu_memory_bytes", "torch_threads", "timer_overhead_s",
+                   "load_avg_1min"]
 # pytest-benchmark "stats" key -> record key
 STATS_MAP = {
     "median": "time_median", "iqr": "time_iqr", "q1": "time_q1", "q3": "time_q3",
     "mean": "time_mean", "min": "time_min", "stddev": "time_stddev", "rounds": "rounds",
 }
 ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "tf32": 4, "float64": 8}
+ASV_COLUMNS = ["machine", "commit", "date", "env", "benchmark", "type", "unit", "params", "value", "q25",
+               "q75", "ci99_low", "ci99_high", "samples"]
 
 
 @dataclasses.dataclass
@@ -74,34 +64,13 @@ def _warn(problems: list[str], message: str) -> None:
     problems.append(message)
 
 
-
-# --------------------------------------------------------------------------------------
-# Shapes arithmetic: taken from impls/shapes.py (pure Python) without importing torch.
-def shapes_module():
-    """impls.shapes, loaded from its file so that building a report needs no torch."""
-    if "impls.shapes" in sys.modules:
-        return sys.modules["impls.shapes"]
-    path = REPO / "impls" / "shapes.py"
-    try:
-        spec = importlib.util.spec_from_file_location("_flatconv_shapes", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules.setdefault("_flatconv_shapes", module)
-        spec.loader.exec_module(module)
-        return module
-    except Exception:  # noqa: BLE001 - a missing impls/ only loses the derived columns
-        return None
-
-
-def _layer_shape(row):
-    shapes = shapes_module()
-    if shapes is None:
-        return None
+def _layer_shape(row) -> LayerShape | None:
     try:
         fields = {f: int(row[f]) for f in ("batch", "in_channels", "out_channels", "height",
                                             "width", "kernel_size")}
         padding = row.get("padding")
         fields["padding"] = 0 if padding is None or _isnan(padding) else int(padding)
-        return shapes.LayerShape(**fields)
+        return LayerShape(**fields)
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -116,7 +85,9 @@ def _isnan(value) -> bool:
 # --------------------------------------------------------------------------------------
 # Readers for one file each.
 def _flatten(record: dict) -> dict:
-    """A harness record as a flat row: the machine dict becomes machine_<key> columns."""
+    """A harness record, in the current schema's terms, as a flat row: the machine dict
+    becomes machine_<key> columns, other nested fields JSON text."""
+    record = schema.upgrade(record)
     row = {k: v for k, v in record.items() if k != "machine" and not isinstance(v, (dict, list))}
     machine = record.get("machine")
     if isinstance(machine, dict):
@@ -175,6 +146,8 @@ def read_pytest_benchmark(path: Path, data: dict, problems: list[str]) -> list[d
         for key, column in STATS_MAP.items():
             if record.get(column) is None and stats.get(key) is not None:
                 record[column] = stats[key]
+        if record.get("time_samples") is None and isinstance(stats.get("data"), list):
+            record["time_samples"] = stats["data"]  # --benchmark-save-data keeps every round
         record.setdefault("case", bench.get("fullname") or bench.get("name"))
         record.setdefault("run_id", f"{path.stem}:{data.get('datetime', '')}")
         record.setdefault("commit", commit)
@@ -226,9 +199,9 @@ def is_asv_results_dir(path: Path) -> bool:
 
 
 def load_asv(results_dir: Path, problems: list[str]) -> tuple[list[dict], list[dict]]:
-    """Rows (machine, commit, date, benchmark, params, value, q25, q75, unit, type) and
-    the machine.json contents, read with ``asv.results.Results.load`` and
-    ``asv.util.load_json``."""
+    """Rows (ASV_COLUMNS: machine, commit, date, benchmark, params, value, its quartiles
+    and 99% interval, the raw samples when asv ran with --record-samples) and the
+    machine.json contents, read with ``asv.results.Results.load`` and ``asv.util.load_json``."""
     try:
         from asv import results as asv_results
         from asv import util as asv_util
@@ -275,10 +248,12 @@ def _asv_rows(result, benchmarks: dict, machine_name: str) -> list[dict]:
             combos = list(itertools.product(*params))
             values = result.get_result_value(key, params)
             stats = result.get_result_stats(key, params)
+            samples = result.get_result_samples(key, params)
         except Exception:  # noqa: BLE001 - a malformed entry loses only itself
             continue
         names = info.get("param_names") or [f"p{i}" for i in range(len(params))]
-        for combo, value, stat in zip(combos, values, stats or [None] * len(combos)):
+        for combo, value, stat, sample in zip(combos, values, stats or [None] * len(combos),
+                                              samples or [None] * len(combos)):
             stat = stat or {}
             rows.append({
                 "machine": machine,
@@ -292,6 +267,9 @@ def _asv_rows(result, benchmarks: dict, machine_name: str) -> list[dict]:
                 "value": value if value is not None and not _isnan(value) else math.nan,
                 "q25": stat.get("q_25"),
                 "q75": stat.get("q_75"),
+                "ci99_low": stat.get("ci_99_a"),
+                "ci99_high": stat.get("ci_99_b"),
+                "samples": list(sample) if sample else None,
             })
     return rows
 
@@ -375,8 +353,7 @@ def load(inputs: list[Path] | None = None) -> Inputs:
             sources.append(str(folder))
     return Inputs(
         records=tidy(pd.DataFrame(rows)),
-        asv=pd.DataFrame(asv_rows, columns=["machine", "commit", "date", "env", "benchmark", "type",
-                                            "unit", "params", "value", "q25", "q75"]),
+        asv=pd.DataFrame(asv_rows, columns=ASV_COLUMNS),
         asv_machines=asv_machines,
         models=models,
         sources=sources,
@@ -386,12 +363,15 @@ def load(inputs: list[Path] | None = None) -> Inputs:
 
 def tidy(df: pd.DataFrame) -> pd.DataFrame:
     """Deduplicate, fill what can be derived, and add the comparison columns."""
-    for column in RECORD_COLUMNS + [f"machine_{k}" for k in MACHINE_KEYS] + ["source"]:
+    for column in RECORD_COLUMNS + MACHINE_COLUMNS + ["source"]:
         if column not in df.columns:
             df[column] = None
     df = df.copy()
-    for column in NUMERIC_COLUMNS + ["machine_copy_gbps", "machine_sgemm_gflops"]:
+    for column in NUMERIC_COLUMNS + [f"machine_{k}" for k in MACHINE_NUMERIC]:
         df[column] = pd.to_numeric(df[column], errors="coerce")
+    # upgrade() gave every record a baseline; a current one that left it out may still say so by its role
+    df["baseline"] = [bool(b) if isinstance(b, (bool, np.bool_)) else r == "baseline"
+                      for b, r in zip(df["baseline"], df["role"])]
     if df.empty:
         return _derived(df)
 
@@ -401,10 +381,13 @@ def tidy(df: pd.DataFrame) -> pd.DataFrame:
     fields = ["impl", "device", "table", "shape", "dtype", "direction"]
     named = df[fields].apply(lambda col: col.map(str)).agg("/".join, axis=1)
     df["case"] = df["case"].where(df["case"].notna(), named).astype(str)
-    # Same case in a .jsonl and a .json of the same run: keep the row with most fields.
+    # The same case read twice: its latest attempt (a case re-measured at the end of its run
+    # is written again), then of one attempt (a .jsonl and a .json of one run) the copy with
+    # most fields.
+    df["_attempt"] = df["attempt"].fillna(1)
     df["_filled"] = df.notna().sum(axis=1)
-    df = (df.sort_values("_filled", ascending=False, kind="stable")
-            .drop_duplicates(["run_id", "case"]).drop(columns="_filled"))
+    df = (df.sort_values(["_attempt", "_filled"], ascending=False, kind="stable")
+            .drop_duplicates(["run_id", "case"]).drop(columns=["_attempt", "_filled"]))
 
     # Machine metadata: copy within a run to records that lack it.
     machine_cols = [c for c in df.columns if c.startswith("machine_")]
@@ -416,10 +399,15 @@ def tidy(df: pd.DataFrame) -> pd.DataFrame:
     return _derived(df)
 
 
+DERIVED_COLUMNS = ["layer", "layer_flops", "is_flat", "ceiling_copy_gbps", "ceiling_sgemm_gflops",
+                   "roofline_gflops", "baseline_impl", "baseline_time", "baseline_peak_bytes", "speedup",
+                   "speedup_low", "speedup_high", "speedup_method"]
+
+
 def _derived(df: pd.DataFrame) -> pd.DataFrame:
-    """FLOPs, bytes, rates, roofline fraction (when missing) and the dense comparisons."""
-    for column in ("machine", "layer", "layer_flops", "speedup", "dense_time", "dense_peak_bytes",
-                   "roofline_gflops", "is_flat"):
+    """FLOPs, bytes and parameters from the shape (when missing), the rates against the
+    run's best ceilings, and the comparison with the baseline of the same run."""
+    for column in DERIVED_COLUMNS + ["machine"]:
         if column not in df.columns:
             df[column] = None
     if df.empty:
@@ -428,51 +416,85 @@ def _derived(df: pd.DataFrame) -> pd.DataFrame:
         f"{t}:{s}" if isinstance(t, str) and isinstance(s, str) else (s if isinstance(s, str) else "?")
         for t, s in zip(df["table"], df["shape"])
     ]
-    df["is_flat"] = df["impl"].astype(str) != "dense"
+    df["is_flat"] = ~df["baseline"].astype(bool)
     layer_flops = []
     for index, row in df.iterrows():
         shape = _layer_shape(row)
         # The layer's size, the same for every implementation: the dense layer's forward FLOPs.
         layer_flops.append(shape.flops("forward", "dense") if shape is not None else math.nan)
-        direction = row["direction"]
-        if shape is None or direction not in ("forward", "backward", "train"):
+        if shape is None or not isinstance(row["direction"], str):
             continue
-        kind = "dense" if row["impl"] == "dense" else "flat"
-        itemsize = ITEMSIZE.get(str(row["dtype"]), 4)
-        if _isnan(row["flops"]):
-            df.at[index, "flops"] = shape.flops(direction, kind)
-        if _isnan(row["bytes"]):
-            df.at[index, "bytes"] = shape.min_bytes(direction, kind, itemsize)
-        if _isnan(row["params"]):
+        kind = "dense" if row["baseline"] else "flat"
+        try:
+            flops, nbytes = shape.work(row["direction"], kind, ITEMSIZE.get(str(row["dtype"]), 4))
+        except ValueError:  # a direction impls.shapes does not know
+            continue
+        if _isnan(row["flops"]) and flops is not None:
+            df.at[index, "flops"] = flops
+        if _isnan(row["bytes"]) and nbytes is not None:
+            df.at[index, "bytes"] = nbytes
+        if _isnan(row["params"]) and not row["direction"].startswith("stage:"):
             df.at[index, "params"] = shape.params(kind)
     df["layer_flops"] = layer_flops
-    t = df["time_median"]
-    df["gflops"] = df["gflops"].fillna(df["flops"] / t / 1e9)
-    df["gbps"] = df["gbps"].fillna(df["bytes"] / t / 1e9)
-    df["intensity"] = df["intensity"].fillna(df["flops"] / df["bytes"])
-    ceiling = pd.concat([df["machine_sgemm_gflops"], df["machine_copy_gbps"] * df["intensity"]],
-                        axis=1).min(axis=1, skipna=False)
-    df["roofline_gflops"] = ceiling
-    df["roofline_fraction"] = df["roofline_fraction"].fillna(df["gflops"] / ceiling)
 
-    # Dense of the same run, device, layer, dtype and direction.
+    # A run measures its ceilings several times; each record carries the best so far, so
+    # the run's best is the largest over its records (per device and thread count).
+    group = [df["run_id"], df["device"], df["machine_threads"].fillna(-1)]
+    df["ceiling_copy_gbps"] = df.groupby(group)["machine_copy_gbps"].transform("max")
+    df["ceiling_sgemm_gflops"] = df.groupby(group)["machine_sgemm_gflops"].transform("max")
+    derived = schema.rates(df["flops"], df["bytes"], df["time_median"], df["ceiling_copy_gbps"],
+                           df["ceiling_sgemm_gflops"])
+    for column, values in derived.items():
+        values = pd.Series(values, index=df.index).replace([np.inf, -np.inf], np.nan)
+        # what the shape and the time allow is computed; what they do not is kept as recorded
+        df[column] = values if column == "roofline_gflops" else values.where(values.notna(), df[column])
+    return _speedups(df)
+
+
+def _speedups(df: pd.DataFrame) -> pd.DataFrame:
+    """speedup = the baseline's median time / the case's, for the same run, device, layer,
+    dtype and direction (the fastest baseline if a run has several), with its 95% interval
+    (reports.intervals)."""
     key = ["run_id", "device", "table", "shape", "dtype", "direction"]
-    ok = df["status"] == "ok"
-    dense = df[ok & (df["impl"] == "dense")][key + ["time_median", "peak_bytes"]]
-    dense = dense.rename(columns={"time_median": "dense_time", "peak_bytes": "dense_peak_bytes"})
-    dense = dense.drop_duplicates(key)
-    df = df.drop(columns=["dense_time", "dense_peak_bytes", "speedup"])
-    df = df.merge(dense, on=key, how="left")
-    df["speedup"] = df["dense_time"] / df["time_median"]
-    return df
+    carried = ["time_samples", "time_ci95_low", "time_ci95_high", "time_iqr", "rounds"]
+    base = df[(df["status"] == "ok") & df["baseline"] & df["time_median"].notna()]
+    base = base.sort_values("time_median", kind="stable").drop_duplicates(key)
+    base = base[key + ["impl", "case", "time_median", "peak_bytes"] + carried].rename(columns={
+        "impl": "baseline_impl", "case": "bl_case", "time_median": "baseline_time",
+        "peak_bytes": "baseline_peak_bytes", **{c: f"bl_{c}" for c in carried}})
+    df = df.drop(columns=["baseline_impl", "baseline_time", "baseline_peak_bytes"]).merge(base, on=key, how="left")
+    df["speedup"] = df["baseline_time"] / df["time_median"]
+    low, high, method = [], [], []
+    for row in df[["status", "speedup", "case", "bl_case", "time_median", "baseline_time"] + carried
+                  + [f"bl_{c}" for c in carried]].to_dict("records"):
+        if row["status"] != "ok" or not row["speedup"] == row["speedup"]:
+            lo, hi, how = math.nan, math.nan, None
+        elif row["case"] == row["bl_case"]:  # the baseline itself
+            lo, hi, how = 1.0, 1.0, "itself"
+        else:
+            baseline = {c: row[f"bl_{c}"] for c in carried} | {"time_median": row["baseline_time"]}
+            lo, hi, how = intervals.ratio_of(baseline, row)
+        low.append(lo)
+        high.append(hi)
+        method.append(how)
+    df["speedup_low"], df["speedup_high"], df["speedup_method"] = low, high, method
+    return df.drop(columns=["bl_case"] + [f"bl_{c}" for c in carried])
 
 
 def latest(df: pd.DataFrame) -> pd.DataFrame:
-    """Only ok rows, and for each machine and case only the latest run (by timestamp)."""
+    """Only ok rows, and for each machine, device, layer, dtype and direction only the rows
+    of the newest run (by timestamp) that measured it: every ratio the figures and the
+    summary show is then one between cases of one run."""
     ok = df[df["status"] == "ok"].copy()
     if ok.empty:
         return ok
-    ok["_ts"] = pd.to_datetime(ok["timestamp"], errors="coerce", utc=True)
-    ok = ok.sort_values(["_ts", "run_id"], na_position="first", kind="stable")
-    ok = ok.drop_duplicates(["machine", "device", "case"], keep="last")
-    return ok.drop(columns="_ts")
+    ok["_ts"] = pd.to_datetime(ok["timestamp"], errors="coerce", utc=True, format="ISO8601")
+    # one text key per layer and direction (a missing field is a value of its own)
+    fields = ok[["machine", "device", "table", "shape", "dtype", "direction"]]
+    ok["_layer"] = fields.apply(lambda c: c.map(str)).agg("|".join, axis=1)
+    runs = ok.groupby(["_layer", "run_id"])["_ts"].max().reset_index()
+    runs = runs.sort_values(["_ts", "run_id"], na_position="first", kind="stable")
+    runs = runs.drop_duplicates("_layer", keep="last")
+    newest = set(zip(runs["_layer"], runs["run_id"]))
+    keep = [(layer, run) in newest for layer, run in zip(ok["_layer"], ok["run_id"])]
+    return ok[keep].drop(columns=["_ts", "_layer"]).reset_index(drop=True)

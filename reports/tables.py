@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pandas as pd
 
+from bench import schema
+from impls.shapes import dense_param_count, flat_param_count
+
+from . import intervals
 from .figures import DIRECTIONS, TABLE_ORDER, device_label
-from .load import shapes_module
 
 DEVICE_ORDER = ["cpu", "cuda"]
+CI_WIDTH = 0.05  # a case whose 95% interval reaches further than ±5% of its median is flagged
 
 
 def _device_key(device) -> int:
@@ -21,38 +26,58 @@ def _table_key(table) -> int:
     return TABLE_ORDER.index(table) if table in TABLE_ORDER else len(TABLE_ORDER)
 
 
+def _fastest(group: pd.DataFrame):
+    return group.loc[group["time_median"].idxmin()] if not group.empty else None
+
+
 def summary(latest: pd.DataFrame) -> pd.DataFrame:
-    """One row per machine, device, dtype, layer and direction: the fastest implementation,
-    the best flattened one against dense (speedup), their fraction of the machine's
-    roofline, and their peak memory."""
+    """One row per machine, device, dtype, layer and direction: the fastest implementation;
+    the fastest peer (role "peer": what a user would pick instead) and the best hand-written
+    one (role "handwritten") with the hand-written code's ratio to that peer (peer time /
+    hand-written time, above 1 the hand-written code is faster); the best non-baseline
+    implementation against the baseline (speedup); each ratio with its 95% interval; their
+    fraction of the machine's roofline and their peak memory."""
     columns = ["device", "machine", "dtype", "table", "layer", "direction", "fastest", "fastest_time",
-               "best_flat", "flat_time", "dense_time", "speedup", "flat_roofline", "dense_roofline",
-               "flat_peak_mib", "dense_peak_mib", "_size"]
+               "peer", "peer_time", "handwritten", "handwritten_time", "hw_vs_peer", "hw_vs_peer_low",
+               "hw_vs_peer_high", "best_flat", "flat_time", "baseline_impl", "base_time", "speedup",
+               "speedup_low", "speedup_high", "flat_roofline", "base_roofline", "flat_peak_mib",
+               "base_peak_mib", "_size"]
     data = latest[latest["direction"].isin(DIRECTIONS) & latest["time_median"].notna()]
     rows = []
     for key, group in data.groupby(["device", "machine", "dtype", "table", "layer", "direction"], dropna=False):
         device, machine, dtype, table, layer, direction = key
-        fastest = group.loc[group["time_median"].idxmin()]
-        flat = group[group["is_flat"].astype(bool)]
-        dense = group[group["impl"] == "dense"]
-        best = flat.loc[flat["time_median"].idxmin()] if not flat.empty else None
-        d = dense.iloc[0] if not dense.empty else None
-        speedup = math.nan
-        if best is not None:
-            speedup = best["speedup"]
-            if pd.isna(speedup) and d is not None:
-                speedup = d["time_median"] / best["time_median"]
+        fastest = _fastest(group)
+        peer = _fastest(group[group["role"] == "peer"])
+        hand = _fastest(group[group["role"] == "handwritten"])
+        best = _fastest(group[~group["baseline"].astype(bool)])
+        base = None
+        if best is not None and isinstance(best["baseline_impl"], str):
+            base = _fastest(group[group["impl"] == best["baseline_impl"]])  # the one its speedup is against
+        if base is None:
+            base = _fastest(group[group["baseline"].astype(bool)])
+        ratio = lo = hi = math.nan
+        if peer is not None and hand is not None:
+            ratio = peer["time_median"] / hand["time_median"]
+            lo, hi, _ = intervals.ratio_of(peer, hand)
+        # within best's run (never across runs): NaN when that run has no baseline
+        speedup, s_lo, s_hi = ((best["speedup"], best["speedup_low"], best["speedup_high"]) if best is not None
+                               else (math.nan, math.nan, math.nan))
+
+        def get(row, column, scale=1.0):
+            return row[column] / scale if row is not None else math.nan
+
         rows.append({
             "device": device, "machine": machine, "dtype": dtype, "table": table, "layer": layer,
             "direction": direction, "fastest": fastest["impl"], "fastest_time": fastest["time_median"],
-            "best_flat": best["impl"] if best is not None else None,
-            "flat_time": best["time_median"] if best is not None else math.nan,
-            "dense_time": d["time_median"] if d is not None else math.nan,
-            "speedup": speedup,
-            "flat_roofline": best["roofline_fraction"] if best is not None else math.nan,
-            "dense_roofline": d["roofline_fraction"] if d is not None else math.nan,
-            "flat_peak_mib": best["peak_bytes"] / 2**20 if best is not None else math.nan,
-            "dense_peak_mib": d["peak_bytes"] / 2**20 if d is not None else math.nan,
+            "peer": peer["impl"] if peer is not None else None, "peer_time": get(peer, "time_median"),
+            "handwritten": hand["impl"] if hand is not None else None,
+            "handwritten_time": get(hand, "time_median"),
+            "hw_vs_peer": ratio, "hw_vs_peer_low": lo, "hw_vs_peer_high": hi,
+            "best_flat": best["impl"] if best is not None else None, "flat_time": get(best, "time_median"),
+            "baseline_impl": base["impl"] if base is not None else None, "base_time": get(base, "time_median"),
+            "speedup": speedup, "speedup_low": s_lo, "speedup_high": s_hi,
+            "flat_roofline": get(best, "roofline_fraction"), "base_roofline": get(base, "roofline_fraction"),
+            "flat_peak_mib": get(best, "peak_bytes", 2**20), "base_peak_mib": get(base, "peak_bytes", 2**20),
             "_size": group["layer_flops"].max(),
         })
     out = pd.DataFrame(rows, columns=columns)
@@ -65,41 +90,128 @@ def summary(latest: pd.DataFrame) -> pd.DataFrame:
     return out.drop(columns=["_d", "_t", "_r", "_size"]).reset_index(drop=True)
 
 
+def say_ratio(ratio, low, high) -> str:
+    """A ratio in a sentence, as far as its interval allows: "1.8× (1.7–1.9)"; an interval
+    containing 1 reads "no clear difference (0.97–1.04×)"."""
+    if pd.isna(ratio):
+        return "no ratio"
+    if pd.isna(low) or pd.isna(high):
+        return f"{ratio:.2g}× (no interval)"
+    if intervals.verdict(low, high) == "spans":
+        return f"no clear difference ({low:.2f}–{high:.2f}×)"
+    digits = 2 if high - low < 0.1 else 1
+    return f"{ratio:.{digits}f}× ({low:.{digits}f}–{high:.{digits}f})"
+
+
+def _tally(group: pd.DataFrame, column: str, faster: str, slower: str) -> str | None:
+    """"faster in 4, no clear difference in 1 of 5 layers (median 1.6×; largest 3.1× (2.9–3.3),
+    paper:c64-...)" for the ratio `column` and its interval, or None without ratios."""
+    data = group.dropna(subset=[column])
+    if data.empty:
+        return None
+    verdicts = [intervals.verdict(lo, hi) for lo, hi in zip(data[f"{column}_low"], data[f"{column}_high"])]
+    counts = {v: verdicts.count(v) for v in ("above", "below", "spans", "unknown")}
+    words = [(counts["above"], faster), (counts["below"], slower), (counts["spans"], "no clear difference"),
+             (counts["unknown"], "without an interval")]
+    said = ", ".join(f"{word} in {n}" for n, word in words if n)
+    top = data.loc[data[column].idxmax()]
+    return (f"{said} of {len(data)} layers (median {data[column].median():.2g}×; largest "
+            f"{say_ratio(top[column], top[f'{column}_low'], top[f'{column}_high'])}, {top['layer']})")
+
+
 def headlines(summ: pd.DataFrame) -> list[str]:
-    """One sentence per machine and device: the typical speedup and the usual winner."""
+    """Per machine and device: how often the flattened layer beats the baseline, and the
+    hand-written code the fastest peer, counted only where the 95% interval says so; and
+    the usual winner."""
     lines = []
     for (device, machine), group in summ.groupby(["device", "machine"], sort=False):
-        parts = []
+        where = f"{device_label(device)} · {machine}"
+        over_base, over_peer = [], []
         for direction in DIRECTIONS:
-            s = group[(group["direction"] == direction)]["speedup"].dropna()
-            if not s.empty:
-                parts.append(f"{direction} {s.median():.1f}× (range {s.min():.1f}–{s.max():.1f}×)")
+            sub = group[group["direction"] == direction]
+            said = _tally(sub, "speedup", "faster", "slower")
+            if said:
+                over_base.append(f"{direction}: {said}")
+            said = _tally(sub, "hw_vs_peer", "hand-written faster", "the peer faster")
+            if said:
+                over_peer.append(f"{direction}: {said}")
         winners = group["fastest"].value_counts()
-        winner = (f"; fastest most often: {winners.index[0]} ({winners.iloc[0]} of {len(group)} cases)"
+        winner = (f" Fastest most often: {winners.index[0]} ({winners.iloc[0]} of {len(group)} cases)."
                   if not winners.empty else "")
-        if parts:
-            lines.append(f"{device_label(device)} · {machine}: flattened over dense, median speedup "
-                         f"{', '.join(parts)}{winner}.")
+        if over_base:
+            lines.append(f"{where}: the best flattened implementation against dense, "
+                         f"{'; '.join(over_base)}.{winner}")
         else:
-            lines.append(f"{device_label(device)} · {machine}: no case has both a flattened and a dense "
-                         f"time{winner}.")
+            lines.append(f"{where}: no case has both a flattened and a dense time.{winner}")
+        if over_peer:
+            lines.append(f"{where}: the best hand-written implementation against the fastest peer "
+                         f"(peer time ÷ hand-written time), {'; '.join(over_peer)}.")
+        elif group["peer"].isna().all() and group["handwritten"].isna().all():
+            lines.append(f"{where}: these records carry no role (schema version 1), so peers and hand-written "
+                         f"code are not told apart here.")
     return lines
 
 
-MACHINE_FIELDS = [
-    ("cpu_model", "CPU"), ("cpu_cores_physical", "physical cores"), ("cpu_cores_logical", "logical cores"),
-    ("cpu_freq_mhz", "CPU MHz"), ("memory_bytes", "memory"), ("gpu_name", "GPU"), ("gpu_driver", "GPU driver"),
-    ("gpu_memory_bytes", "GPU memory"), ("gpu_clocks", "GPU clocks"), ("torch_version", "torch"),
-    ("cudnn_version", "cuDNN"), ("cupy_version", "CuPy"), ("compiler", "compiler"),
-    ("torch_threads", "torch threads"), ("omp_threads", "OpenMP threads"),
-    ("glibc_tunables", "GLIBC_TUNABLES"), ("copy_gbps", "copy GB/s (measured)"),
-    ("sgemm_gflops", "sgemm GFLOP/s (measured)"), ("platform", "platform"), ("python", "Python"),
-]
+def compile_cost(latest: pd.DataFrame) -> pd.DataFrame:
+    """Seconds an implementation spent compiling or exporting per case (outside timing:
+    torch_compile, onnxruntime), per machine, device, implementation and direction."""
+    columns = ["machine", "device", "impl", "direction", "cases", "median s", "max s", "total s",
+               "median call"]
+    data = latest.dropna(subset=["compile_seconds"])
+    rows = []
+    for (machine, device, impl, direction), g in data.groupby(["machine", "device", "impl", "direction"]):
+        rows.append({"machine": machine, "device": device_label(device), "impl": impl, "direction": direction,
+                     "cases": len(g), "median s": g["compile_seconds"].median(),
+                     "max s": g["compile_seconds"].max(), "total s": g["compile_seconds"].sum(),
+                     "median call": g["time_median"].median()})
+    return pd.DataFrame(rows, columns=columns)
 
 
-def _fmt_machine_value(key, value):
+def roofline_notes(latest: pd.DataFrame) -> pd.DataFrame:
+    """Cases above their machine's roofline (fraction > 1) with the record's reason."""
+    columns = ["machine", "impl", "layer", "direction", "roofline", "note"]
+    high = latest[latest["roofline_fraction"] > 1]
+    notes = high["roofline_note"].where(high["roofline_note"].notna(), "(no roofline_note recorded)")
+    return pd.DataFrame({"machine": high["machine"], "impl": high["impl"], "layer": high["layer"],
+                         "direction": high["direction"], "roofline": high["roofline_fraction"],
+                         "note": notes}, columns=columns).reset_index(drop=True)
+
+
+def gpu_times(data: pd.DataFrame) -> pd.DataFrame:
+    """GPU cases with a cold or a kernel-only time, of each machine's smaller half of the
+    layers (by size: where a warm L2 cache can hold the working set): warm median, cold
+    median (L2 flushed before each call), kernel-only (CUDA-graph replay), throttling,
+    energy per call (or why not)."""
+    columns = ["machine", "layer", "direction", "impl", "warm", "cold", "cold ÷ warm", "kernel-only",
+               "throttled", "energy mJ/call"]
+    timed = data[data["direction"].isin(DIRECTIONS) & data["time_median"].notna()
+                 & (data["time_cold_median"].notna() | data["time_graph_median"].notna())]
+    rows = []
+    for machine, group in timed.groupby("machine", sort=True):
+        sizes = group.groupby("layer")["layer_flops"].max().sort_values(kind="stable")
+        small = set(sizes.index[: max(1, (len(sizes) + 1) // 2)])
+        for r in group[group["layer"].isin(small)].to_dict("records"):
+            throttled, clock, energy, note = r["throttled"], r["sm_clock_mhz_min"], r["energy_mj"], r["energy_note"]
+            rows.append({
+                "machine": machine, "layer": r["layer"], "direction": r["direction"], "impl": r["impl"],
+                "warm": r["time_median"], "cold": r["time_cold_median"],
+                "cold ÷ warm": r["time_cold_median"] / r["time_median"], "kernel-only": r["time_graph_median"],
+                "throttled": ("yes" + (f" (SM {clock:.0f} MHz)" if pd.notna(clock) else "")) if throttled is True
+                             else ("no" if throttled is False else ""),
+                "energy mJ/call": f"{energy:.3g}" if pd.notna(energy) else (note if isinstance(note, str) else ""),
+                "_size": sizes[r["layer"]], "_r": DIRECTIONS.index(r["direction"]),
+            })
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    out = pd.DataFrame(rows).sort_values(["machine", "_size", "layer", "_r", "impl"])
+    return out[columns].reset_index(drop=True)
+
+
+def fmt_value(key, value):
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
+    if key == "ceilings":
+        return _fmt_ceilings(value)
     if key.endswith("_bytes"):
         try:
             size = float(value)
@@ -121,19 +233,36 @@ def _fmt_machine_value(key, value):
     return str(value)
 
 
+def _fmt_ceilings(value) -> str:
+    """machine.ceilings (every measurement of the run): how many and their range."""
+    try:
+        items = json.loads(value) if isinstance(value, str) else value
+        copy = [float(c["copy_gbps"]) for c in items if c.get("copy_gbps") is not None]
+        sgemm = [float(c["sgemm_gflops"]) for c in items if c.get("sgemm_gflops") is not None]
+    except (ValueError, TypeError, AttributeError, KeyError):
+        return str(value)
+    parts = [f"{len(items)} measurements"]
+    if copy:
+        parts.append(f"copy {min(copy):,.1f}–{max(copy):,.1f} GB/s")
+    if sgemm:
+        parts.append(f"sgemm {min(sgemm):,.0f}–{max(sgemm):,.0f} GFLOP/s")
+    return ", ".join(parts)
+
+
 def machines(df: pd.DataFrame, asv_machines: list[dict]) -> pd.DataFrame:
-    """Fields as rows, one column per machine (latest metadata of each), plus what was run there."""
+    """Fields as rows (bench/schema.py's MACHINE_FIELDS, then any other key the records
+    carry), one column per machine (latest metadata of each), plus what was run there."""
+    fields = [(k, label) for k, label in schema.MACHINE_FIELDS.items() if k != "host"]
     columns = {}
     for machine, group in df.groupby("machine", sort=True):
         group = group.sort_values("timestamp", na_position="first")
         col = {}
-        known = {key for key, _ in MACHINE_FIELDS} | {"host"}
         extras = sorted(c[len("machine_"):] for c in group.columns
-                        if c.startswith("machine_") and c[len("machine_"):] not in known)
-        for key, label in MACHINE_FIELDS + [(key, key) for key in extras]:
+                        if c.startswith("machine_") and c[len("machine_"):] not in schema.MACHINE_FIELDS)
+        for key, label in fields + [(key, key) for key in extras]:
             values = group.get(f"machine_{key}")
             value = values.dropna().iloc[-1] if values is not None and values.notna().any() else None
-            col[label] = _fmt_machine_value(key, value)
+            col[label] = fmt_value(key, value)
         col["devices measured"] = ", ".join(device_label(d) for d in sorted(group["device"].dropna().unique(), key=_device_key))
         col["runs"] = ", ".join(sorted(group["run_id"].dropna().astype(str).unique()))
         counts = group["status"].value_counts()
@@ -141,8 +270,10 @@ def machines(df: pd.DataFrame, asv_machines: list[dict]) -> pd.DataFrame:
         columns[machine] = col
     for info in asv_machines:
         name = f"asv: {info.get('machine', '?')}"
-        columns[name] = {"CPU": info.get("cpu", ""), "logical cores": info.get("num_cpu", ""),
-                         "memory": info.get("ram", ""), "platform": f"{info.get('os', '')} {info.get('arch', '')}".strip()}
+        columns[name] = {schema.MACHINE_FIELDS["cpu_model"]: info.get("cpu", ""),
+                         schema.MACHINE_FIELDS["cpu_cores_logical"]: info.get("num_cpu", ""),
+                         schema.MACHINE_FIELDS["memory_bytes"]: info.get("ram", ""),
+                         schema.MACHINE_FIELDS["platform"]: f"{info.get('os', '')} {info.get('arch', '')}".strip()}
     out = pd.DataFrame(columns)
     if out.empty:
         return out
@@ -169,11 +300,14 @@ def failures(df: pd.DataFrame, max_listed: int = 6) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def quality(df: pd.DataFrame, *, spread: float = 0.10, repeat: float = 0.10, slow: float = 0.08) -> pd.DataFrame:
+def quality(df: pd.DataFrame, *, spread: float = 0.10, repeat: float = 0.10, slow: float = 0.08,
+            ci_width: float = CI_WIDTH) -> pd.DataFrame:
     """Timed cases whose number deserves less trust, with why: a wide spread (IQR above
     `spread` of the median), a second measurement in the same run that disagrees by more
-    than `repeat`, or a compute probe taken around the case more than `slow` below the best
-    of its run and thread count (the cores were slow then). Worst first."""
+    than `repeat`, a compute probe taken around the case more than `slow` below the best
+    of its run and thread count (the cores were slow then), a 95% interval of the median
+    reaching further than ±`ci_width` of it, or a GPU that was throttled while the case ran
+    (a slow period of the GPU). Worst first."""
     columns = ["machine", "device", "impl", "layer", "direction", "median", "flags"]
     ok = df[df["status"] == "ok"]
     best_probe = {}
@@ -199,24 +333,28 @@ def quality(df: pd.DataFrame, *, spread: float = 0.10, repeat: float = 0.10, slo
         if best and probe < (1 - slow) * best:
             flags.append(f"compute probe {1 - probe / best:.0%} below its run's best")
             worst = max(worst, 1 - probe / best)
+        low, high = r.get("time_ci95_low"), r.get("time_ci95_high")
+        if pd.notna(low) and pd.notna(high):
+            reach = max(med - low, high - med) / med
+            if reach > ci_width:
+                flags.append(f"95% interval ±{reach:.1%} of the median")
+                worst = max(worst, reach)
+        if r.get("throttled") is True or r.get("throttled") is np.True_:
+            clock = r.get("sm_clock_mhz_min")
+            flags.append("GPU throttled" + (f" (SM clock down to {clock:.0f} MHz)" if pd.notna(clock) else ""))
+            worst = max(worst, slow)  # ranked like a slow period at the threshold
         if flags:
             rows.append({"machine": r["machine"], "device": r["device"], "impl": r["impl"], "layer": r["layer"],
                          "direction": r["direction"], "median": med, "flags": "; ".join(flags), "_worst": worst})
     out = pd.DataFrame(rows, columns=columns + ["_worst"])
-    return out.sort_values("_worst", ascending=False).drop(columns="_worst").reset_index(drop=True)
+    return out.sort_values("_worst", ascending=False, kind="stable").drop(columns="_worst").reset_index(drop=True)
 
 
 def parameter_layers(df: pd.DataFrame) -> pd.DataFrame:
     """Distinct (in, out, k) layers of the results with both parameter counts."""
     columns = ["label", "in_channels", "out_channels", "kernel_size", "flat_params", "dense_params"]
     data = df[["in_channels", "out_channels", "kernel_size"]].dropna().drop_duplicates()
-    shapes = shapes_module()
-    rows = []
-    for c, n, k in data.astype(int).itertuples(index=False):
-        if shapes is not None:
-            flat, dense = shapes.flat_param_count(c, n, k), shapes.dense_param_count(c, n, k)
-        else:  # DESIGN.md section 1
-            flat, dense = n * c + 2 * n * k + 3 * n, n * c * k * k + n
-        rows.append({"label": f"{c}→{n}, {k}×{k}", "in_channels": c, "out_channels": n, "kernel_size": k,
-                     "flat_params": flat, "dense_params": dense})
+    rows = [{"label": f"{c}→{n}, {k}×{k}", "in_channels": c, "out_channels": n, "kernel_size": k,
+             "flat_params": flat_param_count(c, n, k), "dense_params": dense_param_count(c, n, k)}
+            for c, n, k in data.astype(int).itertuples(index=False)]
     return pd.DataFrame(rows, columns=columns)

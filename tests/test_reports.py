@@ -1,6 +1,8 @@
 """The HTML report builds from any subset of results and renders in a real browser.
 
-Fixture results live in tests/fixtures/results/ (regenerate with its generate.py).
+Fixture results live in tests/fixtures/results/ (regenerate with its generate.py): the
+schema-version-1 files are old results kept as they were, the *-v2.jsonl files carry the
+fields of the current bench/schema.py.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import math
+
 import pytest
 
-pytest.importorskip("pandas")
+pd = pytest.importorskip("pandas")
 pytest.importorskip("seaborn")
 pytest.importorskip("matplotlib")
 
@@ -71,9 +75,28 @@ def _section(text: str, anchor: str) -> str:
     return text[start:text.index("</section>", start)]
 
 
+def _records(name: str) -> list[dict]:
+    """The records of a fixture .jsonl file as written (an interrupted last line left out)."""
+    out = []
+    for line in (FIXTURES / name).read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return out
+
+
+def _text(fragment: str) -> str:
+    """The visible text of an HTML fragment, cells separated by " | "."""
+    import html
+
+    return html.unescape(re.sub(r"\s*(<[^>]+>\s*)+", " | ", fragment))
+
+
 @pytest.fixture(scope="module")
 def full(tmp_path_factory):
-    """Everything: three machines, CPU and GPU, both formats, asv history, models, failures."""
+    """Everything: six machines, CPU and GPU, both formats, schema versions 1 and 2, asv
+    history, models, failures."""
     return _build(tmp_path_factory.mktemp("full") / "out", ".")
 
 
@@ -81,8 +104,9 @@ def test_full_report(full):
     index, text, page, problems = full
     _check_page(index, text, page)
     assert "models" in page.ids
-    assert len(page.images) >= 12
-    for name in ("acceleration_cpu_devbox", "acceleration_cuda_gpu-node-1", "time_vs_size_cpu",
+    assert len(page.images) >= 20
+    for name in ("acceleration_cpu_devbox", "acceleration_cpu_ci-epyc", "acceleration_cuda_gpu-node-1",
+                 "acceleration_cuda_gpu-h200-1", "machines_cpu", "machines_cuda", "peers", "time_vs_size_cpu",
                  "memory_cuda_gpu-node-1", "roofline_cpu", "roofline_cuda", "kernels_cpu", "kernels_cuda",
                  "parameters", "models_cifar", "filters_cifar"):
         assert any(name in src for src in page.images), name
@@ -94,12 +118,16 @@ def test_full_report(full):
         assert sum("history_" in src for src in page.images) == 2
     summary = _section(text, "summary")
     assert '<table class="summary">' in summary and "rowspan=" in summary
-    for word in ("fastest", "speedup vs dense", "roofline: flattened", "peak MiB: dense", "gpu-node-1", "laptop"):
-        assert word in summary
+    for word in ("fastest peer", "best hand-written", "hand-written vs peer", "speedup vs dense",
+                 "roofline: flattened", "peak MiB: dense", "gpu-node-1", "gpu-h200-1", "laptop", "ci-xeon",
+                 "Compile and export cost"):
+        assert word in summary, word
     failures = _section(text, "failures")
     assert "CUDA error: an illegal memory access" in failures and "CuPy is not installed" in failures
-    machines = _section(text, "machines")
+    machines = _text(_section(text, "machines"))
     assert "NVIDIA H100 80GB HBM3" in machines and "AMD Ryzen 7 5800U" in machines
+    isa = re.search(r"widest vector instruction set[^|]*\|([^\n]*)", machines)
+    assert isa and "avx2" in isa.group(1) and "avx512" in isa.group(1), machines[:2000]
     assert any("truncated last line" in p for p in problems)
 
 
@@ -114,7 +142,95 @@ def test_records_are_deduplicated_and_filled():
     assert ok["time_median"].notna().all() and ok["time_q1"].notna().all()  # filled from "stats"
     assert ok["speedup"].notna().sum() > 0.8 * (ok["impl"] != "dense").sum()
     dense = ok[ok["impl"] == "dense"]
-    assert ((dense["speedup"] - 1).abs() < 1e-12).all()
+    assert not dense.empty and ((dense["speedup"] - 1).abs() < 1e-12).all()
+
+
+def test_version_1_records_load_with_their_speedups():
+    """An old results file (no schema_version, the baseline known only by its name) reads
+    as before: upgrade() marks dense as the baseline, and every speedup is dense ÷ impl."""
+    raw = _records("cpu-devbox.jsonl")  # the truncated last line is skipped by the reader
+    assert all("schema_version" not in r and "baseline" not in r for r in raw)
+    df = load([FIXTURES / "cpu-devbox.jsonl"]).records
+    assert set(df["schema_version"]) == {1}
+    assert df["baseline"].tolist() == (df["impl"] == "dense").tolist() and df["baseline"].any()
+    times = {r["case"]: r["time_median"] for r in raw if r["status"] == "ok"}
+    case = "openmp_fused/cpu/paper:c64-n64-s32-k3/float32/forward"
+    expected = times["dense/cpu/paper:c64-n64-s32-k3/float32/forward"] / times[case]
+    row = df[df["case"] == case].iloc[0]
+    assert row["speedup"] == pytest.approx(expected, rel=1e-12)
+    # no raw times and no interval in version 1: the box-plot notch of each median
+    assert row["speedup_method"] == "notch" and row["speedup_low"] < expected < row["speedup_high"]
+    ok = df[(df["status"] == "ok") & ~df["baseline"] & df["direction"].isin(["forward", "backward", "train"])]
+    assert ok["speedup"].notna().all()
+
+
+def test_version_2_records_attempts_ceilings_and_rates():
+    raw = _records("cpu-epyc-v2.jsonl")
+    df = load([FIXTURES / "cpu-epyc-v2.jsonl"]).records
+    # a case measured again at the end of its run: the latest attempt is the one kept
+    case = "openmp_fused/cpu/paper:c64-n64-s32-k3/float32/forward"
+    attempts = [r for r in raw if r["case"] == case]
+    assert [r["attempt"] for r in attempts] == [1, 2]
+    kept = df[df["case"] == case]
+    assert len(kept) == 1 and kept["time_median"].iloc[0] == attempts[1]["time_median"]
+    # the run measured its ceilings three times; every case is held to the best of them
+    best_copy = max(c["copy_gbps"] for r in raw for c in r["machine"]["ceilings"])
+    best_sgemm = max(c["sgemm_gflops"] for r in raw for c in r["machine"]["ceilings"])
+    assert raw[0]["machine"]["copy_gbps"] < best_copy  # the first records knew a lower one
+    assert set(df["ceiling_copy_gbps"]) == {best_copy} and set(df["ceiling_sgemm_gflops"]) == {best_sgemm}
+    first = df[df["case"] == raw[0]["case"]].iloc[0]
+    roof = min(best_sgemm, best_copy * first["flops"] / first["bytes"])
+    assert first["roofline_fraction"] == pytest.approx(first["flops"] / first["time_median"] / 1e9 / roof)
+    assert first["roofline_fraction"] < raw[0]["roofline_fraction"]  # the record's used the lower ceiling
+    # raw samples on both sides: the speedup's interval is a bootstrap, and brackets it
+    ok = df[(df["status"] == "ok") & ~df["baseline"]]
+    assert set(ok["speedup_method"]) == {"bootstrap"}
+    assert ((ok["speedup_low"] < ok["speedup"]) & (ok["speedup"] < ok["speedup_high"])).all()
+
+
+def test_ratio_intervals():
+    import numpy as np
+
+    from reports import intervals
+
+    rng = np.random.default_rng(1)
+    a, b = rng.lognormal(np.log(2e-3), 0.03, 40), rng.lognormal(np.log(1e-3), 0.03, 40)
+    first = intervals.ratio_interval(a, b)
+    assert first == intervals.ratio_interval(a, b)  # fixed seed: the same report twice
+    assert first[2] == "bootstrap" and first[0] < np.median(a) / np.median(b) < first[1] and 1.9 < first[0]
+    # without raw times: conservatively from the two intervals
+    lo, hi, how = intervals.ratio_of({"time_ci95_low": 1.9, "time_ci95_high": 2.2},
+                                     {"time_ci95_low": 0.95, "time_ci95_high": 1.1})
+    assert how == "ci" and lo == pytest.approx(1.9 / 1.1) and hi == pytest.approx(2.2 / 0.95)
+    # neither: the notch of each median from its IQR and rounds
+    lo, hi, how = intervals.ratio_of({"time_median": 2.0, "time_iqr": 0.2, "rounds": 16},
+                                     {"time_median": 1.0, "time_iqr": 0.1, "rounds": 16})
+    assert how == "notch" and lo == pytest.approx((2 - 0.079) / (1 + 0.0395)) and hi > 2
+    assert intervals.ratio_of({"time_median": 2.0}, {"time_median": 1.0})[2] is None
+    assert [intervals.verdict(*v) for v in ((1.1, 1.3), (0.7, 0.9), (0.9, 1.1), (math.nan, 2))] == [
+        "above", "below", "spans", "unknown"]
+
+
+def test_ratios_are_said_only_as_far_as_their_interval_allows():
+    from reports.tables import headlines, say_ratio
+
+    assert say_ratio(1.82, 1.71, 1.93) == "1.8× (1.7–1.9)"
+    assert say_ratio(1.02, 0.97, 1.06) == "no clear difference (0.97–1.06×)"
+    assert say_ratio(1.8, math.nan, math.nan) == "1.8× (no interval)"
+    row = {"device": "cpu", "machine": "m", "fastest": "openmp", "table": "paper", "direction": "forward",
+           "peer": "torch", "handwritten": "openmp"}
+    summ = pd.DataFrame([
+        {**row, "layer": "a", "speedup": 1.8, "speedup_low": 1.7, "speedup_high": 1.9, "hw_vs_peer": 1.02,
+         "hw_vs_peer_low": 0.97, "hw_vs_peer_high": 1.06},
+        {**row, "layer": "b", "speedup": 1.03, "speedup_low": 0.98, "speedup_high": 1.08, "hw_vs_peer": 0.8,
+         "hw_vs_peer_low": 0.75, "hw_vs_peer_high": 0.85},
+    ])
+    lines = headlines(summ)
+    assert "forward: faster in 1, no clear difference in 1 of 2 layers" in lines[0]
+    assert "largest 1.8× (1.7–1.9), a" in lines[0]
+    assert "hand-written faster" not in lines[1]
+    assert "the peer faster in 1, no clear difference in 1 of 2 layers" in lines[1]
+    assert "largest no clear difference (0.97–1.06×), a" in lines[1]
 
 
 @pytest.mark.parametrize("names, expect", [
@@ -194,6 +310,42 @@ def test_cli_prints_index_path(tmp_path):
     assert printed == (out / "index.html").resolve() and printed.exists()
 
 
+def test_cli_exit_statuses(tmp_path, capsys):
+    from reports.__main__ import main
+
+    def run(*argv):
+        try:
+            status = main(list(argv))
+        except SystemExit as exc:  # argparse's own errors
+            status = exc.code
+        err = capsys.readouterr().err
+        return status, err
+
+    missing = tmp_path / "no-such-results.jsonl"
+    status, err = run("build", str(missing), "--out", str(tmp_path / "a"))
+    assert status == 2 and err.count("\n") == 1 and str(missing) in err and "Traceback" not in err
+    assert not (tmp_path / "a" / "index.html").exists()
+    (tmp_path / "nothing").mkdir()
+    (tmp_path / "nothing" / "README.md").write_text("no results here")
+    (tmp_path / "nothing" / "other.json").write_text('{"something": "else"}')
+    status, err = run("build", str(tmp_path / "nothing"), "--out", str(tmp_path / "b"))
+    assert status == 1 and err.count("\n") == 1 and "nothing could be read" in err and "Traceback" not in err
+    assert not (tmp_path / "b" / "index.html").exists()
+    status, err = run("build", "--no-such-option")
+    assert status == 2 and err.count("\n") == 1 and "unrecognized arguments" in err
+
+
+def test_report_does_not_import_torch(tmp_path):
+    """Building a report needs pandas and matplotlib, not torch: bench.schema and
+    impls.shapes import without it."""
+    code = ("import sys; from reports.build import build; "
+            f"build([{str(FIXTURES / 'cpu-epyc-v2.jsonl')!r}], {str(tmp_path / 'out')!r}); "
+            "assert 'torch' not in sys.modules, 'torch was imported'; print('no torch')")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0 and "no torch" in result.stdout, result.stderr[-3000:]
+
+
 def _chromium() -> str | None:
     for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
         path = shutil.which(name)
@@ -223,7 +375,18 @@ def test_browser_renders_page(full, tmp_path):
     # Dark pixels (text, table rules) are a real share of the page, not a lone error line.
     dark = sum(image.histogram()[:128]) / (image.size[0] * image.size[1])
     assert dark > 0.01, f"too little ink on the page ({dark:.3%})"
-    assert re.search(r"\d", full[1])
+    # the DOM the browser rendered holds the summary's numbers: a speedup worked out here
+    # from the records (dense ÷ the fastest flattened implementation, same run)
+    cmd = [c for c in cmd if not c.startswith(("--screenshot", "--window-size"))]
+    cmd.insert(-1, "--dump-dom")
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=90).stdout
+    summary = _text(dom[dom.index('<section id="summary">'):])
+    times = {r["impl"]: r["time_median"] for r in _records("cpu-xeon-v2.jsonl")
+             if r["shape"] == "c64-n64-s32-k3" and r["direction"] == "forward" and r["status"] == "ok"}
+    best = min((t, i) for i, t in times.items() if i != "dense")
+    rows = summary[summary.index("| ci-xeon | paper:"):]  # the machine's rows of the table
+    row = rows[rows.index("paper:c64-n64-s32-k3 | forward |"):][:400]
+    assert f"| {best[1]} |" in row and f"| {times['dense'] / best[0]:.2f}× [" in row, row
 
 
 def test_asv_results_without_benchmarks_json(tmp_path):
@@ -276,5 +439,79 @@ def test_quality_flags_spread_repeat_and_slow_periods():
 
 def test_quality_section_in_the_report(tmp_path):
     index, text, page, problems = _build(tmp_path / "out", "cpu-devbox.jsonl")
-    section = _section(text, "quality")
-    assert "timed cases" in section
+    section = _text(_section(text, "quality"))
+    # the version-1 file's spreads (the generator draws IQRs of 2-12% of the median)
+    assert "44 of 197 timed cases are flagged" in section
+    assert "devbox | cpu | openmp_fused | paper:c128-n128-s16-k3 | train | 2.42 ms | IQR 12% of the median" in section
+
+
+@pytest.fixture(scope="module")
+def current(tmp_path_factory):
+    """The schema-version-2 files only: two CPU machines (avx2, avx512) and a GPU."""
+    return _build(tmp_path_factory.mktemp("current") / "out", "cpu-epyc-v2.jsonl", "cpu-xeon-v2.jsonl",
+                  "gpu-h200-v2.jsonl")
+
+
+def test_current_schema_report(current):
+    index, text, page, problems = current
+    _check_page(index, text, page)
+    assert not problems
+    for name in ("machines_cpu", "peers", "acceleration_cpu_ci-epyc", "acceleration_cuda_gpu-h200-1"):
+        assert any(name in src for src in page.images), name
+    cpu = _text(_section(text, "cpu"))
+    assert "Machines side by side (CPU)" in cpu
+    assert "ci-epyc (AMD EPYC 7763 64-Core Processor (avx2)" in cpu
+    assert "No GPU results" not in _section(text, "gpu")
+
+
+def test_quality_flags_wide_intervals_throttling_and_slow_periods(current):
+    index, text, page, problems = current
+    section = _text(_section(text, "quality"))
+    assert "3 of 310 timed cases are flagged" in section
+    assert re.search(r"ci-epyc \| cpu \| torch_compile \| paper:c128-n128-s16-k3 \| train \| [^|]+ \| "
+                     r"95% interval ±\d+\.\d% of the median", section), section
+    hot = next(r for r in _records("gpu-h200-v2.jsonl") if r["throttled"])
+    assert hot["case"] == "cupy_fused/cuda/paper:c3-n64-s32-k5/float32/train"
+    assert (f"gpu-h200-1 | cuda | cupy_fused | paper:c3-n64-s32-k5 | train | {hot['time_median'] * 1e6:.3g} µs | "
+            f"GPU throttled (SM clock down to 1410 MHz)") in section
+    assert "ci-xeon | cpu | openmp | paper:c32-n32-s64-k5 | backward" in section
+    # the first attempt of the re-measured case (slow, its repeat 30% away) is no longer there
+    assert "paper:c64-n64-s32-k3 | forward" not in section
+
+
+def test_peers_and_skipped_by_design(current):
+    index, text, page, problems = current
+    raw = [r for r in _records("cpu-epyc-v2.jsonl") if r["status"] == "ok"]
+    row = {r["impl"]: r for r in raw if r["shape"] == "c32-n32-s64-k5" and r["direction"] == "forward"}
+    peer = min((r["time_median"], i) for i, r in row.items() if r["role"] == "peer")
+    hand = min((r["time_median"], i) for i, r in row.items() if r["role"] == "handwritten")
+    summary = _text(_section(text, "summary"))
+    line = summary[summary.index("paper:c32-n32-s64-k5 | forward"):][:400]
+    assert f"| {peer[1]} |" in line and f"| {hand[1]} |" in line
+    assert f"{peer[0] / hand[0]:.2f}× [" in line
+    assert "the best hand-written implementation against the fastest peer" in summary
+    assert "hand-written faster in 5 of 5 layers" in summary  # every interval lies above 1 there
+    assert "torch_compile | forward | 5 |" in summary and "onnxruntime | forward | 5 |" in summary  # compile cost
+    failures = _section(text, "failures")
+    skipped = failures[failures.index("<h3>Skipped"):]
+    assert "Failed (" not in failures  # inference-only by design is not a failure
+    assert "onnxruntime serves inference only (no backward)" in skipped
+    assert "onnxruntime serves inference only (no train)" in skipped
+    assert "peers.png" in _section(text, "summary")
+
+
+def test_gpu_section_cold_graph_energy_and_roofline_notes(current):
+    index, text, page, problems = current
+    gpu = _text(_section(text, "gpu"))
+    assert "TF32 flags in force: cudnn False, matmul False." in gpu
+    assert "Small layers: warm, cold and kernel-only times" in gpu
+    raw = {r["case"]: r for r in _records("gpu-h200-v2.jsonl")}
+    r = raw["cupy_fused/cuda/paper:c3-n64-s32-k5/float32/train"]
+    assert r["throttled"] and r["energy_mj"] is None
+    assert (f"train | cupy_fused | {r['time_median'] * 1e6:.3g} µs | {r['time_cold_median'] * 1e6:.3g} µs | 1.45× | "
+            f"{r['time_graph_median'] * 1e6:.3g} µs | yes (SM 1410 MHz) | {r['energy_note']}") in gpu
+    e = raw["cudnn/cuda/paper:c3-n64-s32-k5/float32/forward"]
+    assert f"| cudnn | {e['time_median'] * 1e6:.3g} µs |" in gpu and f"| {e['energy_mj']:.3g} |" in gpu
+    assert "1 throttled" in gpu
+    assert "2 cases reach above their machine's roofline" in gpu
+    assert "dense | paper:c256-n256-s8-k3 | forward | 130% | cuDNN ran a Winograd kernel" in gpu
