@@ -1,7 +1,9 @@
-"""`python -m bench`: see bench/cli.py."""
+"""`python -m bench`: see bench/cli.py. (asv imports every module of bench/, this one too:
+hence the guard.)"""
 
 import sys
 
 from .cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,7 +22,7 @@ import time
 
 import impls
 
-from . import driver, options, schema, timing
+from . import driver, intervals, options, schema, timing
 from .cases import select_cases
 
 
@@ -161,8 +161,11 @@ def _print_table(results, baseline):
           f"{'x ' + baseline:>22}")
     for r in sorted((r for r in results if r["status"] == "ok"), key=lambda r: (key(r), r["impl"])):
         b = base.get(key(r))
-        ratio = schema.ratio_interval(b, r) if b else None
-        shown = f"{ratio[0]:6.2f} [{ratio[1]:.2f}, {ratio[2]:.2f}]" if ratio else "-"
+        if b:
+            low, high, _ = intervals.ratio_of(b, r)
+            shown = f"{b['time_median'] / r['time_median']:6.2f}" + (f" [{low:.2f}, {high:.2f}]" if low == low else "")
+        else:
+            shown = "-"
         rep = r.get("time_repeat_median")
         agree = f"{rep / r['time_median']:7.2f}" if rep else f"{'-':>7}"
         low, high = r.get("time_ci95_low"), r.get("time_ci95_high")

@@ -178,27 +178,32 @@ def _num(value) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def quality_flags(rec: dict, best_probe: float | None = None) -> list[str]:
-    """Why a timed record deserves less trust (empty: nothing to say). `best_probe` is the
-    best compute probe of its run at its thread count."""
+def quality_flags(rec: dict, best_probe: float | None = None) -> list[tuple[str, float]]:
+    """Why a timed record deserves less trust, each reason with its size (a relative
+    deviation, to rank cases by); empty: nothing to say. `best_probe` is the best compute
+    probe of its run at its thread count. The harness re-measures what this flags; the
+    report lists it."""
     med = _num(rec.get("time_median"))
     if rec.get("status") != "ok" or not med:
         return []
     flags = []
     iqr = _num(rec.get("time_iqr"))
     if iqr is not None and iqr / med > SPREAD:
-        flags.append(f"IQR {iqr / med:.0%} of the median")
+        flags.append((f"IQR {iqr / med:.0%} of the median", iqr / med))
     rep = _num(rec.get("time_repeat_median"))
     if rep is not None and abs(rep / med - 1) > REPEAT:
-        flags.append(f"repeat {rep / med:.2f}x")
+        flags.append((f"repeat {rep / med:.2f}x", abs(rep / med - 1)))
     probe = _num(rec.get("probe_gflops"))
     if probe is not None and best_probe and probe < (1 - SLOW_PROBE) * best_probe:
-        flags.append(f"compute probe {1 - probe / best_probe:.0%} below its run's best")
+        flags.append((f"compute probe {1 - probe / best_probe:.0%} below its run's best", 1 - probe / best_probe))
     low, high = _num(rec.get("time_ci95_low")), _num(rec.get("time_ci95_high"))
-    if low is not None and high is not None and (high - low) / 2 / med > WIDE_CI:
-        flags.append(f"95% interval ±{(high - low) / 2 / med:.0%}")
-    if rec.get("throttled") is True:
-        flags.append("GPU throttled")
+    if low is not None and high is not None:
+        reach = max(med - low, high - med) / med
+        if reach > WIDE_CI:
+            flags.append((f"95% interval ±{reach:.1%} of the median", reach))
+    if rec.get("throttled") in (True, np.True_):
+        clock = _num(rec.get("sm_clock_mhz_min"))
+        flags.append(("GPU throttled" + (f" (SM clock down to {clock:.0f} MHz)" if clock else ""), SLOW_PROBE))
     return flags
 
 
@@ -267,27 +272,6 @@ def rates(flops, nbytes, seconds, copy_gbps=None, sgemm_gflops=None) -> dict:
     if not vector:
         out = {k: (float(v) if math.isfinite(v) and v > 0 else None) for k, v in out.items()}
     return out
-
-
-def ratio_interval(base: dict, rec: dict) -> tuple[float, float, float] | None:
-    """base's median over rec's (a speedup when base is the baseline's record) and its 95%
-    interval, or None without both medians. The two medians were measured independently:
-    in log space their intervals' half-widths add in quadrature. Without an interval on
-    either side the ratio's interval is the ratio itself, and says nothing."""
-    b, r = _num(base.get("time_median")), _num(rec.get("time_median"))
-    if not b or not r:
-        return None
-    ratio = b / r
-
-    def log_halfwidth(x):
-        low, high = _num(x.get("time_ci95_low")), _num(x.get("time_ci95_high"))
-        return (math.log(high) - math.log(low)) / 2 if low and high and high >= low > 0 else None
-
-    hb, hr = log_halfwidth(base), log_halfwidth(rec)
-    if hb is None or hr is None:
-        return ratio, ratio, ratio
-    h = math.hypot(hb, hr)
-    return ratio, ratio * math.exp(-h), ratio * math.exp(h)
 
 
 def _jsonable(value):

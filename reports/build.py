@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import figures, html, intervals, tables
+from bench import intervals, schema
+
+from . import figures, html, tables
 from .load import REPO, Inputs, latest, load
 
 DEFAULT_OUT = REPO / "reports" / "html"
@@ -385,7 +387,7 @@ def build(inputs: list | None = None, out: Path | str | None = None, problems: l
                        f"second measurement in the same run more than 10% away (time_repeat_median), a "
                        f"compute probe taken around the case more than 8% below the best of its run "
                        f"(probe_gflops: the cores were slow then), a 95% interval of the median reaching "
-                       f"further than ±{tables.CI_WIDTH:.0%} of it (time_ci95_low/high), or a GPU that was "
+                       f"further than ±{schema.WIDE_CI:.0%} of it (time_ci95_low/high), or a GPU that was "
                        f"throttled while the case ran (throttled: a slow period of the GPU). Compare "
                        f"such a case only with cases of the same run, or measure it again"
                        + (f"; the {len(listed)} worst are listed, results.csv has every case." if len(flagged) > len(listed)

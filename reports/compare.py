@@ -4,7 +4,7 @@
 
 OLD and NEW are each a results file (JSON lines, pytest-benchmark JSON), a folder (read
 as `build` reads one) or an asv results folder. Per case measured on both sides: the
-ratio NEW/OLD of the median times with its 95% interval (reports.intervals) and, where
+ratio NEW/OLD of the median times with its 95% interval (bench.intervals) and, where
 both sides kept the raw times, a two-sided Mann–Whitney U p-value.
 
 Matching. A case is its case id plus device and dtype (asv: benchmark and parameters).
@@ -18,7 +18,7 @@ timestamp; asv: by commit date).
 Slower: NEW/OLD above 1 + threshold and, where both sides have raw times, p < alpha;
 where either side lacks them, the lower end of the ratio's interval above 1 + threshold
 (the interval then comes from the medians' 95% intervals, asv's 99% interval, or the IQR
-notch; see reports.intervals). Faster is the mirror image (below 1 / (1 + threshold)). A
+notch; see bench.intervals). Faster is the mirror image (below 1 / (1 + threshold)). A
 case with neither raw times nor an interval is listed as not judged and never fails.
 
 Exit status: 0 no case slower, 1 some case slower, 2 bad arguments or nothing to compare.
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import intervals
+from bench import intervals
 from .html import fmt_time
 from .load import load
 

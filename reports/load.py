@@ -26,7 +26,7 @@ import pandas as pd
 from bench import schema
 from impls.shapes import LayerShape
 
-from . import intervals
+from bench import intervals
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -454,7 +454,7 @@ def _derived(df: pd.DataFrame) -> pd.DataFrame:
 def _speedups(df: pd.DataFrame) -> pd.DataFrame:
     """speedup = the baseline's median time / the case's, for the same run, device, layer,
     dtype and direction (the fastest baseline if a run has several), with its 95% interval
-    (reports.intervals)."""
+    (bench.intervals)."""
     key = ["run_id", "device", "table", "shape", "dtype", "direction"]
     carried = ["time_samples", "time_ci95_low", "time_ci95_high", "time_iqr", "rounds"]
     base = df[(df["status"] == "ok") & df["baseline"] & df["time_median"].notna()]

@@ -8,14 +8,12 @@ import math
 import numpy as np
 import pandas as pd
 
-from bench import schema
+from bench import intervals, schema
 from impls.shapes import dense_param_count, flat_param_count
 
-from . import intervals
 from .figures import DIRECTIONS, TABLE_ORDER, device_label
 
 DEVICE_ORDER = ["cpu", "cuda"]
-CI_WIDTH = 0.05  # a case whose 95% interval reaches further than ±5% of its median is flagged
 
 
 def _device_key(device) -> int:
@@ -300,14 +298,11 @@ def failures(df: pd.DataFrame, max_listed: int = 6) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def quality(df: pd.DataFrame, *, spread: float = 0.10, repeat: float = 0.10, slow: float = 0.08,
-            ci_width: float = CI_WIDTH) -> pd.DataFrame:
-    """Timed cases whose number deserves less trust, with why: a wide spread (IQR above
-    `spread` of the median), a second measurement in the same run that disagrees by more
-    than `repeat`, a compute probe taken around the case more than `slow` below the best
-    of its run and thread count (the cores were slow then), a 95% interval of the median
-    reaching further than ±`ci_width` of it, or a GPU that was throttled while the case ran
-    (a slow period of the GPU). Worst first."""
+def quality(df: pd.DataFrame) -> pd.DataFrame:
+    """Timed cases whose number deserves less trust, with why (bench.schema.quality_flags:
+    a wide spread, a second measurement that disagrees, a compute probe well below the
+    best of its run and thread count, a wide interval of the median, a throttled GPU).
+    Worst first."""
     columns = ["machine", "device", "impl", "layer", "direction", "median", "flags"]
     ok = df[df["status"] == "ok"]
     best_probe = {}
@@ -316,36 +311,13 @@ def quality(df: pd.DataFrame, *, spread: float = 0.10, repeat: float = 0.10, slo
         best_probe = probes.groupby(["run_id", probes["machine_threads"].fillna(0)])["probe_gflops"].max().to_dict()
     rows = []
     for _, r in ok.iterrows():
-        flags, worst = [], 0.0
-        med = r.get("time_median")
-        if not med or pd.isna(med):
-            continue
-        iqr = r.get("time_iqr")
-        if pd.notna(iqr) and iqr / med > spread:
-            flags.append(f"IQR {iqr / med:.0%} of the median")
-            worst = max(worst, iqr / med)
-        rep = r.get("time_repeat_median")
-        if pd.notna(rep) and abs(rep / med - 1) > repeat:
-            flags.append(f"repeat {rep / med:.2f}x")
-            worst = max(worst, abs(rep / med - 1))
-        threads, probe = r.get("machine_threads"), r.get("probe_gflops")
-        best = best_probe.get((r.get("run_id"), 0 if pd.isna(threads) else threads)) if pd.notna(probe) else None
-        if best and probe < (1 - slow) * best:
-            flags.append(f"compute probe {1 - probe / best:.0%} below its run's best")
-            worst = max(worst, 1 - probe / best)
-        low, high = r.get("time_ci95_low"), r.get("time_ci95_high")
-        if pd.notna(low) and pd.notna(high):
-            reach = max(med - low, high - med) / med
-            if reach > ci_width:
-                flags.append(f"95% interval ±{reach:.1%} of the median")
-                worst = max(worst, reach)
-        if r.get("throttled") is True or r.get("throttled") is np.True_:
-            clock = r.get("sm_clock_mhz_min")
-            flags.append("GPU throttled" + (f" (SM clock down to {clock:.0f} MHz)" if pd.notna(clock) else ""))
-            worst = max(worst, slow)  # ranked like a slow period at the threshold
+        threads = r.get("machine_threads")
+        best = best_probe.get((r.get("run_id"), 0 if pd.isna(threads) else threads))
+        flags = schema.quality_flags(r.to_dict(), best)
         if flags:
             rows.append({"machine": r["machine"], "device": r["device"], "impl": r["impl"], "layer": r["layer"],
-                         "direction": r["direction"], "median": med, "flags": "; ".join(flags), "_worst": worst})
+                         "direction": r["direction"], "median": r["time_median"],
+                         "flags": "; ".join(text for text, _ in flags), "_worst": max(size for _, size in flags)})
     out = pd.DataFrame(rows, columns=columns + ["_worst"])
     return out.sort_values("_worst", ascending=False, kind="stable").drop(columns="_worst").reset_index(drop=True)
 

@@ -191,7 +191,7 @@ def test_version_2_records_attempts_ceilings_and_rates():
 def test_ratio_intervals():
     import numpy as np
 
-    from reports import intervals
+    from bench import intervals
 
     rng = np.random.default_rng(1)
     a, b = rng.lognormal(np.log(2e-3), 0.03, 40), rng.lognormal(np.log(1e-3), 0.03, 40)

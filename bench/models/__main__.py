@@ -1,7 +1,8 @@
-"""`python -m bench.models`: see cli.py."""
+"""`python -m bench.models`: see cli.py. (asv imports every module of bench/: hence the guard.)"""
 
 import sys
 
 from .cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

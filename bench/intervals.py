@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from bench import schema
+from . import schema
 
 RESAMPLES = 2000
 SEED = 20150601  # fixed: a report rebuilt from the same files shows the same intervals
