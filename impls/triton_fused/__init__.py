@@ -87,12 +87,12 @@ class TritonFused(Implementation):
             info["triton"] = None
             return info
         try:
-            import triton
+            from importlib.metadata import version
 
-            info["triton"] = triton.__version__
-            info["interpreted"] = self.interpret or os.environ.get("TRITON_INTERPRET") == "1"
-        except Exception as exc:  # pragma: no cover - broken install
-            info["triton"] = f"unusable: {exc}"
+            info["triton"] = version("triton")
+        except Exception:  # pragma: no cover - importable but without metadata
+            info["triton"] = "unknown"
+        info["interpreted"] = self.interpret or os.environ.get("TRITON_INTERPRET") == "1"
         info["tiles"] = {" ".join(f"{k}={v}" for k, v in zip(("kind", "dtype", "B", "N", "H", "W", "k", "p"), key)):
                          tile.as_dict() for key, tile in self._tuned.items()}
         return info

@@ -330,7 +330,6 @@ def vh_backward_kernel(
       grad wv[i] += g_t2[o, c] * t1pad[o + i - P, c], grad vb += g_t2[o, c]
     and grad lb += g_t1[r, c] on every written row.
     """
-    PF: tl.constexpr = K - 1 - P
     pid = tl.program_id(0)
     qb = pid // TILES
     t = pid % TILES
@@ -423,8 +422,8 @@ def vh_backward_kernel(
     a_hb = zero
     a_lb = zero
     for j in range(0, ROWS + K - 1):
-        o = r0 - PF + j
-        own = (qz + j >= PF) & (qz + j < PF + ROWS)  # [NB, 1]: row o is this program's
+        o = r0 - (K - 1 - P) + j
+        own = (qz + j >= K - 1 - P) & (qz + j < K - 1 - P + ROWS)  # [NB, 1]: row o is this program's
         gmask = _rows_ok(o, qz, qm2, OH)
         tmask = qm2 & own
         # the K rows of t1 under t2 row o (slot m <-> tap i = m - 8 + K, row o + i - P),
@@ -533,8 +532,7 @@ def vh_backward_kernel(
         a_lb += tl.where(ok, gt1, 0.0)
 
     # this program's partials: part[q, t, :] (2K + 3 values per plane)
-    S: tl.constexpr = 2 * K + 3
-    pdst = part_ptr + (q64 * TILES + t) * S
+    pdst = part_ptr + (q64 * TILES + t) * (2 * K + 3)
     tl.store(pdst + 2 * K, _rowsum(a_vb)[:, None], mask=qm2)
     tl.store(pdst + 2 * K + 1, _rowsum(a_hb)[:, None], mask=qm2)
     tl.store(pdst + 2 * K + 2, _rowsum(a_lb)[:, None], mask=qm2)
