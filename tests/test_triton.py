@@ -433,3 +433,34 @@ def test_gpu_no_host_sync_and_stages():
     for call in stages.values():
         call()
     torch.cuda.synchronize()
+
+
+def test_tuning_keeps_the_fastest_candidate_that_matches():
+    """The per-shape tuner (IMPLS_TRITON_TUNE=1 on a GPU), with a fake clock and fake
+    kernels on the CPU: a wrong candidate is dropped even when fastest, a failing one is
+    skipped, the fastest matching one wins."""
+    from impls.triton_fused import _tune
+
+    ref = torch.arange(6.0)
+    outputs = {"default": ref, "wrong": ref + 1, "close": ref * (1 + 1e-7), "slow": ref.clone()}
+    clock = {"default": 3.0, "wrong": 0.5, "close": 1.0, "slow": 9.0}
+
+    def run(tile):
+        if tile == "broken":
+            raise RuntimeError("does not compile")
+        return outputs[tile], outputs[tile] * 2
+
+    def seconds(fn, reps):
+        fn()
+        return clock[current[0]]
+
+    current = [None]
+
+    def run_tracked(tile):
+        current[0] = tile
+        return run(tile)
+
+    best, times = _tune(["default", "wrong", "broken", "close", "slow"], run_tracked, seconds=seconds)
+    assert best == "close" and set(times) == {"default", "close", "slow"}
+    with pytest.raises(RuntimeError):
+        _tune(["broken", "default"], run_tracked, seconds=seconds)  # the default must work

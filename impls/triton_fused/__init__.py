@@ -62,7 +62,8 @@ class TritonFused(Implementation):
         # Tile overrides ({"forward": Tile, "backward": Tile}) for the tests; else the
         # default tile per shape, or the tuned one (IMPLS_TRITON_TUNE=1, GPU only).
         self._tiles = dict(tiles or {})
-        self._tuned: dict[tuple, Any] = {}
+        self._tuned: dict[tuple, Any] = {}  # the tile chosen per (kernel, dtype, shape)
+        self._timings: dict[tuple, dict[str, float]] = {}  # microseconds per candidate, when tuned
 
     # ---- availability and runtime ----------------------------------------------------
     def _dependency_reason(self, device_type):
@@ -93,8 +94,10 @@ class TritonFused(Implementation):
         except Exception:  # pragma: no cover - importable but without metadata
             info["triton"] = "unknown"
         info["interpreted"] = self.interpret or os.environ.get("TRITON_INTERPRET") == "1"
-        info["tiles"] = {" ".join(f"{k}={v}" for k, v in zip(("kind", "dtype", "B", "N", "H", "W", "k", "p"), key)):
-                         tile.as_dict() for key, tile in self._tuned.items()}
+        names = ("kind", "dtype", "B", "N", "H", "W", "k", "p")
+        info["tiles"] = {" ".join(f"{k}={v}" for k, v in zip(names, key)):
+                         dict(tile.as_dict(), **({"tuned_us": self._timings[key]} if key in self._timings else {}))
+                         for key, tile in self._tuned.items()}
         return info
 
     # ---- helpers ---------------------------------------------------------------------
@@ -116,7 +119,8 @@ class TritonFused(Implementation):
         if tile is None:
             candidates = ops.tile_candidates(b * n, rows, cols, kind=kind, sms=_sm_count(params.device))
             if _tuning_enabled() and not self.interpret and params.device.type == "cuda" and len(candidates) > 1:
-                tile = _tune(candidates, run_candidate)
+                tile, times = _tune(candidates, run_candidate)
+                self._timings[key] = {str(t.as_dict()): round(v * 1e6, 2) for t, v in times.items()}
             else:
                 tile = candidates[0]
             self._tuned[key] = tile
@@ -195,34 +199,42 @@ def _tuning_enabled() -> bool:
     return os.environ.get("IMPLS_TRITON_TUNE", "0") == "1"
 
 
-def _tune(candidates, run_candidate, reps: int = 20):
-    """Time each candidate tile with CUDA events (after one compiling call) and keep the
-    fastest whose output equals the default candidate's; runs once per shape."""
-    ref = None
-    best, best_t = candidates[0], float("inf")
+def _cuda_seconds(fn, reps: int) -> float:
+    """Seconds per call of fn, by CUDA events around `reps` calls."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3 / reps
+
+
+def _tune(candidates, run_candidate, *, seconds=_cuda_seconds, reps: int = 20):
+    """Run each candidate tile once (compiling it), drop those whose outputs differ from
+    the first (default) candidate's by more than 1e-5 relative (or that fail to compile
+    or launch), time the others (`seconds(fn, reps)`) and return (fastest tile,
+    {tile: seconds}). Runs once per shape, at its first call."""
+    from ..verify import relative_error
+
+    ref, times = None, {}
     for tile in candidates:
         try:
             out = run_candidate(tile)
-            torch.cuda.synchronize()
-        except Exception:  # a tile that does not compile or launch is skipped
+            out = out if isinstance(out, tuple) else (out,)
+            if out[0].is_cuda:
+                torch.cuda.synchronize()
+        except Exception:  # a neighbour that does not compile or launch is skipped
             if ref is None:
                 raise
             continue
-        flat = torch.cat([t.reshape(-1) for t in (out if isinstance(out, tuple) else (out,))])
         if ref is None:
-            ref = flat
-        elif not torch.allclose(flat, ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max())):
+            ref = out
+        elif max(relative_error(a, r) for a, r in zip(out, ref)) > 1e-5:
             continue
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            run_candidate(tile)
-        end.record()
-        end.synchronize()
-        elapsed = start.elapsed_time(end)
-        if elapsed < best_t:
-            best, best_t = tile, elapsed
-    return best
+        times[tile] = seconds(lambda: run_candidate(tile), reps)
+    best = min(times, key=times.get)
+    return best, times
 
 
 IMPLEMENTATIONS = [TritonFused()]

@@ -421,8 +421,19 @@ def vh_backward_kernel(
     a_vb = zero
     a_hb = zero
     a_lb = zero
-    for j in range(0, ROWS + K - 1):
+    # One row read ahead: the unshifted grad-y read of row o + 1 and the newest t1 row
+    # of row o + 1 are issued at step j (the other reads of a row hit L1).
+    steps = ROWS + K - 1
+    gcols = c2 < OW
+    o_first = r0 - (K - 1 - P)
+    g_ahead = tl.load(gsrc + o_first * OW, mask=_rows_ok(o_first, qz, qm2, OH) & gcols, other=0.0)
+    t_ahead = tl.load(tsrc + (o_first + K - 1 - P) * W, mask=_rows_ok(o_first + K - 1 - P, qz, qm2, H) & cw,
+                      other=0.0)
+    for j in range(0, steps):
         o = r0 - (K - 1 - P) + j
+        more = qz + j + 1 < steps
+        g_next = tl.load(gsrc + (o + 1) * OW, mask=_rows_ok(o + 1, qz, qm2, OH) & gcols & more, other=0.0)
+        t_next = tl.load(tsrc + (o + K - P) * W, mask=_rows_ok(o + K - P, qz, qm2, H) & cw & more, other=0.0)
         own = (qz + j >= K - 1 - P) & (qz + j < K - 1 - P + ROWS)  # [NB, 1]: row o is this program's
         gmask = _rows_ok(o, qz, qm2, OH)
         tmask = qm2 & own
@@ -435,7 +446,8 @@ def vh_backward_kernel(
         t1v4 = zero
         t1v5 = zero
         t1v6 = zero
-        t1v7 = _t1_row(tsrc + (o + K - 1 - P) * W, _rows_ok(o + K - 1 - P, qz, tmask, H) & cw, lb, HAS_LB)
+        ok7 = _rows_ok(o + K - 1 - P, qz, tmask, H) & cw
+        t1v7 = tl.where(ok7, t_ahead + lb, 0.0)  # lb is zero without HAS_LB
         if K > 1:
             t1v6 = _t1_row(tsrc + (o + K - 2 - P) * W, _rows_ok(o + K - 2 - P, qz, tmask, H) & cw, lb, HAS_LB)
         if K > 2:
@@ -455,35 +467,35 @@ def vh_backward_kernel(
 
         # grad t2 row o: slot m is tap s = 7 - m, read at column c - s + P
         grow = gsrc + o * OW
-        v7 = tl.load(grow + (P - 0), mask=gmask & g7, other=0.0)
+        v7 = _tap_load(grow, P - 0, gmask & g7, g_ahead)
         gnew = fh7 * v7
         a_wh7 += t2row * v7
         if K > 1:
-            v6 = tl.load(grow + (P - 1), mask=gmask & g6, other=0.0)
+            v6 = _tap_load(grow, P - 1, gmask & g6, g_ahead)
             gnew += fh6 * v6
             a_wh6 += t2row * v6
         if K > 2:
-            v5 = tl.load(grow + (P - 2), mask=gmask & g5, other=0.0)
+            v5 = _tap_load(grow, P - 2, gmask & g5, g_ahead)
             gnew += fh5 * v5
             a_wh5 += t2row * v5
         if K > 3:
-            v4 = tl.load(grow + (P - 3), mask=gmask & g4, other=0.0)
+            v4 = _tap_load(grow, P - 3, gmask & g4, g_ahead)
             gnew += fh4 * v4
             a_wh4 += t2row * v4
         if K > 4:
-            v3 = tl.load(grow + (P - 4), mask=gmask & g3, other=0.0)
+            v3 = _tap_load(grow, P - 4, gmask & g3, g_ahead)
             gnew += fh3 * v3
             a_wh3 += t2row * v3
         if K > 5:
-            v2 = tl.load(grow + (P - 5), mask=gmask & g2, other=0.0)
+            v2 = _tap_load(grow, P - 5, gmask & g2, g_ahead)
             gnew += fh2 * v2
             a_wh2 += t2row * v2
         if K > 6:
-            v1 = tl.load(grow + (P - 6), mask=gmask & g1, other=0.0)
+            v1 = _tap_load(grow, P - 6, gmask & g1, g_ahead)
             gnew += fh1 * v1
             a_wh1 += t2row * v1
         if K > 7:
-            v0 = tl.load(grow + (P - 7), mask=gmask & g0, other=0.0)
+            v0 = _tap_load(grow, P - 7, gmask & g0, g_ahead)
             gnew += fh0 * v0
             a_wh0 += t2row * v0
         # grad hb: the unshifted read (tap s = P, slot 7 - P)
@@ -530,6 +542,8 @@ def vh_backward_kernel(
         ok = _rows_ok(r, qz, qm2, H) & (qz + j >= K - 1) & cw
         tl.store(gdst + r * W, gt1, mask=ok)
         a_lb += tl.where(ok, gt1, 0.0)
+        g_ahead = g_next
+        t_ahead = t_next
 
     # this program's partials: part[q, t, :] (2K + 3 values per plane)
     pdst = part_ptr + (q64 * TILES + t) * (2 * K + 3)
