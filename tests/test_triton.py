@@ -368,6 +368,16 @@ def test_compiles_for_sm90(kernel, k, padding, has_lb, tile, dtype):
 
 
 @needs_backend
+def test_compiles_for_odd_sizes():
+    """Sizes that are not multiples of 16 (no divisibility specialisation): scalar reads."""
+    from impls.triton_fused._launch import Tile, compile_kernel
+
+    for kernel in ("vh_forward_kernel", "vh_backward_kernel"):
+        ptx = compile_kernel(kernel, torch.float32, 3, 1, Tile(4, 32, 16, 1, 2), divisible=False).asm["ptx"]
+        assert f".entry {kernel}" in ptx and "ld.global.v4" not in ptx
+
+
+@needs_backend
 @pytest.mark.parametrize("kernel,kind", [("vh_forward_kernel", "forward"), ("vh_backward_kernel", "backward")])
 def test_default_tiles_of_the_benchmark_layers_do_not_spill(kernel, kind):
     from impls.triton_fused._launch import compile_kernel, default_tile

@@ -10,6 +10,7 @@ so which one a process imported first does not matter (the tests rely on that).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import importlib.util
@@ -173,6 +174,13 @@ def _grid(nq: int, rows: int, cols: int, tile: Tile) -> tuple[int, int, int]:
     return programs, tiles, col_tiles
 
 
+def _on(device: torch.device):
+    """Launch on the tensors' GPU (triton launches on torch's current device and stream)."""
+    if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
+
+
 # ---- the V+H kernels -----------------------------------------------------------------
 def vh_forward(km, t1, lb, wv, bv, wh, bh, padding, tile: Tile | None = None, out=None):
     """y from raw t1 (the GEMM output without lateral bias; lb is added here, None for
@@ -185,11 +193,12 @@ def vh_forward(km, t1, lb, wv, bv, wh, bh, padding, tile: Tile | None = None, ou
     _check_tile(tile)
     y = out if out is not None else torch.empty((b, n, oh, ow), dtype=t1.dtype, device=t1.device)
     programs, tiles, col_tiles = _grid(nq, oh, ow, tile)
-    km.vh_forward_kernel[(programs,)](
-        t1, lb if lb is not None else bv, wv, bv, wh, bh, y,
-        nq, n, h, w, oh, ow, tile.rs, tiles, col_tiles,
-        K=k, P=padding, HAS_LB=lb is not None, NB=tile.nb, BW=tile.bw, AHEAD=tile.ahead, num_warps=tile.num_warps,
-    )
+    with _on(t1.device):
+        km.vh_forward_kernel[(programs,)](
+            t1, lb if lb is not None else bv, wv, bv, wh, bh, y,
+            nq, n, h, w, oh, ow, tile.rs, tiles, col_tiles,
+            K=k, P=padding, HAS_LB=lb is not None, NB=tile.nb, BW=tile.bw, AHEAD=tile.ahead, num_warps=tile.num_warps,
+        )
     return y
 
 
@@ -206,11 +215,12 @@ def vh_backward(km, gy, t1, lb, wv, bv, wh, padding, tile: Tile | None = None):
     g_t1 = torch.empty_like(t1)
     s = 2 * k + 3
     part = torch.empty((b, n, tiles, s), dtype=t1.dtype, device=t1.device)
-    km.vh_backward_kernel[(programs,)](
-        gy, t1, lb if lb is not None else bv, wv, bv, wh, g_t1, part,
-        nq, n, h, w, oh, ow, tile.rs, tiles, col_tiles,
-        K=k, P=padding, HAS_LB=lb is not None, NB=tile.nb, BW=tile.bw, num_warps=tile.num_warps,
-    )
+    with _on(t1.device):
+        km.vh_backward_kernel[(programs,)](
+            gy, t1, lb if lb is not None else bv, wv, bv, wh, g_t1, part,
+            nq, n, h, w, oh, ow, tile.rs, tiles, col_tiles,
+            K=k, P=padding, HAS_LB=lb is not None, NB=tile.nb, BW=tile.bw, num_warps=tile.num_warps,
+        )
     # Second level of the reduction: a fixed-order sum over batch and tiles (torch's sum
     # has no atomics, so two backward runs are bitwise equal).
     sums = part.sum(dim=(0, 2))  # (N, 2K + 3)
