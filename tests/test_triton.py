@@ -396,7 +396,7 @@ def test_default_tiles_of_the_benchmark_layers_do_not_spill(kernel, kind):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_gpu_matches_oracle(dtype):
     impl = impls.get("triton_fused")
-    for seed, (shape, p) in enumerate(CASES + [((4, 16, 24, 33, 70, 3), 1), ((2, 8, 8, 140, 9, 5), 2)]):
+    for seed, (shape, p) in enumerate(CASES + [((4, 16, 24, 33, 70, 3), 1), ((2, 8, 8, 140, 9, 5), 2), ((1, 2, 3, 20, 300, 7), 3)]):
         x, params, gy = _inputs(shape, p, dtype, "cuda", seed)
         _assert_close(verify.check(impl, x, params, p, gy), dtype, f"{shape} padding {p}")
 
