@@ -90,7 +90,7 @@ def is_interpreted(module) -> bool:
 # ---- tiles -----------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Tile:
-    """One program: NB planes x BW columns x RS rows (RS + k - 1 unrolled row steps),
+    """One program: NB planes x BW columns x RS rows (a loop of RS + k - 1 row steps),
     with num_warps warps."""
 
     nb: int
