@@ -22,6 +22,7 @@ _MODULES = (
     "impls.dense",
     "impls.openmp",
     "impls.cupy_kernels",
+    "impls.triton_fused",
 )
 
 _REGISTRY: dict[str, Implementation] = {}
