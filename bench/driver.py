@@ -243,20 +243,27 @@ class Driver:
     # ------------------------------------------------------------------ a sweep
     def run(self, cases: Iterable) -> Iterator[dict]:
         """Measure `cases`, writing and yielding each record as its case (or interleaved
-        group) ends. Cases the results file already holds as ok (resume) are left out."""
+        group) ends. Cases the results file already holds as ok (resume) are left out. With
+        `remeasure`, every group with a flagged case is measured once more at the end."""
         todo = [c for c in cases if c.id not in self.writer.done]
         first = {}
         for group in groups(todo, self.settings.interleave > 1):
             for rec in self._measure_group(group):
+                rec["attempt"] = 1
                 first[rec["case"]] = rec
                 self.writer.write(rec)
                 yield rec
         if not self.settings.remeasure:
             return
         best = best_probes(first.values())
-        again = [c for c in todo if first.get(c.id, {}).get("status") == "ok"
-                 and schema.quality_flags(first[c.id], best.get(first[c.id]["machine"].get("threads")))]
-        for group in groups(again, self.settings.interleave > 1):
+        flagged = {c.id for c in todo if first.get(c.id, {}).get("status") == "ok"
+                   and schema.quality_flags(first[c.id], best.get(first[c.id]["machine"].get("threads")))}
+        # A flagged case is measured again with the cases it is compared with (its group),
+        # so that its ratios still come from one interleaved measurement.
+        for group in groups(todo, self.settings.interleave > 1):
+            if not any(c.id in flagged for c in group):
+                continue
+            group = [c for c in group if first.get(c.id, {}).get("status") == "ok"]
             for rec in self._measure_group(group):
                 earlier = first[rec["case"]]
                 rec["attempt"] = (earlier.get("attempt") or 1) + 1

@@ -200,6 +200,50 @@ def test_interleaved_measurement_pools_shuffled_passes(broken, tmp_path):
     assert [r["impl"] for r in recs[:3]] == ["crashes", "dense", "torch"]
 
 
+class _Jittery(impls.get("torch").__class__):
+    """Every other call 3 ms slower while `noisy`: a first measurement that a slow stretch
+    spoiled."""
+
+    name = "jittery"
+    noisy = True
+    calls = 0
+
+    def _forward_train(self, x, prepared, p):
+        _Jittery.calls += 1
+        if _Jittery.noisy and _Jittery.calls % 2:
+            import time
+
+            time.sleep(0.003)
+        return super()._forward_train(x, prepared, p)
+
+
+def test_remeasure_measures_a_flagged_group_again_and_keeps_the_first(monkeypatch, tmp_path):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    impls.register(_Jittery())
+    measure_group = driver.Driver._measure_group
+
+    def quiet_after_the_first_pass(self, group):
+        out = measure_group(self, group)
+        _Jittery.noisy = False
+        return out
+
+    monkeypatch.setattr(driver.Driver, "_measure_group", quiet_after_the_first_pass)
+    _Jittery.noisy = True
+    out = tmp_path / "r.jsonl"
+    found = [c for c in cases.select_cases(["smoke"], impl_names=["jittery", "torch"], devices=["cpu"],
+                                           directions=["forward"]) if c.row.name == "c4-n6-s9-k3"]
+    settings = driver.Settings(threads=1, rule=timing.StopRule(min_time=0.05, max_time=0.05, min_rounds=20),
+                               interleave=2, remeasure=True)
+    recs = list(driver.Driver(settings, records.ResultsWriter(out)).run(found))
+    assert [(r["impl"], r["attempt"]) for r in recs] == [("jittery", 1), ("torch", 1), ("jittery", 2), ("torch", 2)]
+    first, again = recs[0], recs[2]
+    assert any(text.startswith("IQR") for text, _ in schema.quality_flags(first))
+    assert again["earlier_attempts"][0]["time_median"] == first["time_median"]
+    assert again["time_median"] < first["time_median"]  # the 3 ms sleeps are gone
+    assert recs[3]["earlier_attempts"][0]["time_median"] == recs[1]["time_median"]  # its comparator too
+    assert len(records.read_records(out)) == 4
+
+
 def test_stopping_rule_stops_when_the_interval_is_narrow_or_at_the_cap():
     class Steady:
         case = _case()
