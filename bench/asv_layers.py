@@ -1,13 +1,12 @@
 """asv benchmarks of the flattened layer: time, peak memory and GFLOP/s per
 (implementation, device, layer) for forward, backward and train.
 
-The layer table comes from the environment variable BENCH_ASV_PRESET (comma-separated
-tables, default "paper"). asv runs this file against old commits too: whatever such a
-commit lacks (an implementation, a layer) makes `setup` raise NotImplementedError, which
-asv records as skipped. Set-up and the gate are the harness driver's (bench/driver.py).
+The grid (tables from BENCH_ASV_PRESET, default the small `ci` one; implementations from
+BENCH_ASV_IMPLS) is bench/asv_support.py's. asv runs this file against old commits too:
+whatever such a commit lacks (an implementation, a layer) makes `setup` raise
+NotImplementedError, which asv records as skipped. Set-up and the gate are the harness
+driver's (bench/driver.py).
 """
-
-import os
 
 try:
     from bench import asv_support, cases, memory, tables, timing
@@ -17,9 +16,9 @@ except Exception as e:  # noqa: BLE001 - an old commit's package may lack what b
     asv_support = cases = memory = tables = timing = None
     IMPORT_ERROR = f"{type(e).__name__}: {e}"
 
-TABLES = [t for t in os.environ.get("BENCH_ASV_PRESET", "paper").split(",") if t]
-DEVICES, IMPL_NAMES = cases.asv_grid() if cases else (["cpu"], ["dense", "torch"])
-LAYERS = [f"{t}:{r.name}" for t in TABLES for r in tables.rows(t)] if tables else []
+DEVICES, IMPL_NAMES = asv_support.grid() if asv_support else (["cpu"], ["dense", "torch"])
+LAYERS = asv_support.layers() if asv_support else []
+SAMPLING = asv_support.SAMPLING if asv_support else {"processes": 1, "repeat": 1, "warmup_time": 0, "timeout": 60}
 
 
 class _Layer:
@@ -28,9 +27,8 @@ class _Layer:
     direction = "forward"
     params = [IMPL_NAMES, DEVICES, LAYERS]
     param_names = ["impl", "device", "layer"]
-    timeout = 600
-    warmup_time = 0.2
-    repeat = (3, 20, 10.0)
+    processes, repeat = SAMPLING["processes"], SAMPLING["repeat"]
+    warmup_time, timeout = SAMPLING["warmup_time"], SAMPLING["timeout"]
 
     def setup(self, impl, device, layer):
         if IMPORT_ERROR:
@@ -47,13 +45,14 @@ class _Layer:
 
     track_peak_bytes.unit = "bytes"
 
-    def track_gflops(self, impl, device, layer):
-        flops = self.bench.case.describe()["flops"]
-        if flops is None:
-            raise NotImplementedError("this version's impls.shapes cannot count the case's FLOPs")
-        return flops / timing.measure(self.bench, asv_support.TRACK_RULE)["time_median"] / 1e9
+    if not (asv_support and asv_support.CI_ONLY):  # the full grid only: the rate follows from time_ anyway
+        def track_gflops(self, impl, device, layer):
+            flops = self.bench.case.describe()["flops"]
+            if flops is None:
+                raise NotImplementedError("this version's impls.shapes cannot count the case's FLOPs")
+            return flops / timing.measure(self.bench, asv_support.TRACK_RULE)["time_median"] / 1e9
 
-    track_gflops.unit = "GFLOP/s"
+        track_gflops.unit = "GFLOP/s"
 
 
 class Forward(_Layer):

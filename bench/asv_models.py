@@ -9,15 +9,13 @@ training times across commits.
 (forward, cross-entropy, backward, SGD update) of a whole network per (implementation,
 device, network config): the "model" table. The baseline implementation (dense) stands for the baseline network
 (nn.Conv2d); every other implementation runs the flattened twin. The configs come from
-BENCH_ASV_PRESET like bench/asv_layers.py (default "paper" -> the CIFAR-sized net; "smoke"
--> the 8x8 digits net).
+BENCH_ASV_PRESET like bench/asv_layers.py ("paper" -> the CIFAR-sized net; "smoke" -> the
+8x8 digits net; the default "ci" grid has no model case).
 
 A commit whose `impls` lacks what the models need (FlattenedConv2d, an implementation),
 an environment without scikit-learn, a missing device: `setup` raises
 NotImplementedError, which asv records as skipped, never an import error.
 """
-
-import os
 
 try:
     from bench import asv_support, cases, memory, models, timing
@@ -28,9 +26,10 @@ except Exception as e:  # noqa: BLE001 - an old commit's package may lack what b
     IMPORT_ERROR = f"{type(e).__name__}: {e}"
 
 NETWORKS = ["baseline", "flattened"]
-TABLES = [t for t in os.environ.get("BENCH_ASV_PRESET", "paper").split(",") if t]
-DEVICES, IMPL_NAMES = cases.asv_grid() if cases else (["cpu"], ["dense", "torch"])
-CONFIGS = models.model_configs(TABLES) if models else ["cifar"]
+DEVICES, IMPL_NAMES = asv_support.grid() if asv_support else (["cpu"], ["dense", "torch"])
+# The default `ci` grid leaves the model level out (its digits training alone takes ~40 s a commit).
+CONFIGS = models.model_configs(asv_support.PRESET) if asv_support and not asv_support.CI_ONLY else []
+SAMPLING = asv_support.SAMPLING if asv_support else {"processes": 1, "repeat": 1, "warmup_time": 0, "timeout": 60}
 
 
 class TrackDigits:
@@ -45,6 +44,8 @@ class TrackDigits:
     def setup_cache(self):
         if IMPORT_ERROR:
             return {"skip": IMPORT_ERROR}
+        if not CONFIGS:
+            return {"skip": "the model level is not in this asv grid (BENCH_ASV_PRESET=paper brings it in)"}
         try:
             doc = models.digits_experiment(impl="torch")
         except (ImportError, AttributeError, NotImplementedError) as exc:  # old impls, no scikit-learn
@@ -85,9 +86,8 @@ class _Model:
     direction = "forward"
     params = [IMPL_NAMES, DEVICES, CONFIGS]
     param_names = ["impl", "device", "config"]
-    timeout = 600
-    warmup_time = 0.2
-    repeat = (3, 20, 10.0)
+    processes, repeat = SAMPLING["processes"], SAMPLING["repeat"]
+    warmup_time, timeout = SAMPLING["warmup_time"], SAMPLING["timeout"]
 
     def setup(self, impl, device, config):
         if IMPORT_ERROR:

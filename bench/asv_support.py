@@ -1,13 +1,45 @@
-"""What the asv benchmark files share: a case set up by the harness driver, its outcome in
-asv's terms (a skipped case raises NotImplementedError, which asv records as skipped; a
-failed one raises, which asv records as failed)."""
+"""What the asv benchmark files share: the parameter grid, a case set up by the harness
+driver, and its outcome in asv's terms (a skipped case raises NotImplementedError, which
+asv records as skipped; a failed one raises, which asv records as failed).
+
+The grid is chosen so that `asv continuous main~1 main` fits a CI job on a 2-core machine
+(README.md gives the measured time): by default the `ci` table (two layers of the paper
+table), the implementations a regression matters most for, forward, backward and train,
+two processes per benchmark with their rounds interleaved between the two commits, few
+samples each. BENCH_ASV_PRESET (comma-separated tables, e.g. `paper`) and BENCH_ASV_IMPLS
+(`all`, or comma-separated names) open the full grid; a preset other than `ci` brings the
+model table and the digits accuracy in too.
+"""
 
 from __future__ import annotations
 
-from . import driver, timing
+import os
 
+from . import cases, driver, tables, timing
+
+PRESET = [t for t in os.environ.get("BENCH_ASV_PRESET", "ci").split(",") if t]
+CI_ONLY = PRESET == ["ci"]
+CI_IMPLS = ("dense", "torch", "openmp", "openmp_fused")
+# asv's own sampling, per benchmark: processes (rounds, interleaved across commits by
+# `asv continuous`), then repeats per process up to a time budget; our set-up has already
+# warmed the case up to steady state.
+SAMPLING = {"processes": 2, "repeat": (1, 5, 1.0), "warmup_time": 0.05, "timeout": 600} if CI_ONLY else \
+    {"processes": 2, "repeat": (3, 20, 10.0), "warmup_time": 0.2, "timeout": 600}
 # The timing behind a track_ benchmark's rate.
 TRACK_RULE = timing.StopRule(min_time=0.2, max_time=0.2)
+
+
+def grid() -> tuple[list[str], list[str]]:
+    """(devices, implementation names) of the grid."""
+    devices, names = cases.asv_grid()
+    wanted = os.environ.get("BENCH_ASV_IMPLS", "all" if not CI_ONLY else ",".join(CI_IMPLS))
+    if wanted != "all":
+        names = [n for n in names if n in wanted.split(",")]
+    return devices, names
+
+
+def layers() -> list[str]:
+    return [f"{t}:{r.name}" for t in PRESET for r in tables.rows(t)]
 
 
 def set_up(case):

@@ -52,6 +52,11 @@ TABLES: dict[str, list[Row]] = {
     ],
     # C = N from 32 to 512, H = W from 8 to 64, k in 3/5/7 (a seeded subset by default).
     "sweep": [_row(c, c, s, k) for c in (32, 64, 128, 256, 512) for s in (8, 16, 32, 64) for k in (3, 5, 7)],
+    # Two layers of the paper table: asv's default grid, small enough for a CI job.
+    "ci": [
+        _row(64, 64, 32, 3),
+        _row(128, 128, 16, 3),
+    ],
     # The layers the GPU performance goals are stated on (batch 64, "same" padding).
     "goals": [
         _row(128, 128, 32, 3),
@@ -66,6 +71,7 @@ BATCH = {
     ("smoke", "cpu"): 2, ("smoke", "cuda"): 2,
     ("paper", "cpu"): 8, ("paper", "cuda"): 64,
     ("sweep", "cpu"): 8, ("sweep", "cuda"): 64,
+    ("ci", "cpu"): 8, ("ci", "cuda"): 64,
     ("goals", "cpu"): 8, ("goals", "cuda"): 64,
 }
 SWEEP_SUBSET = 12  # rows of the sweep run by default; --all-rows runs every row

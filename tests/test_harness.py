@@ -476,6 +476,7 @@ PINNED_ROWS = {
     "paper": ["c3-n64-s32-k3", "c64-n64-s32-k3", "c128-n128-s16-k3", "c256-n256-s8-k3", "c32-n32-s64-k5",
               "c3-n96-s32-k5", "c128-n128-s32-k3", "c256-n256-s16-k3", "c128-n128-s32-k5", "c512-n512-s8-k3"],
     "sweep": [f"c{c}-n{c}-s{s}-k{k}" for c in (32, 64, 128, 256, 512) for s in (8, 16, 32, 64) for k in (3, 5, 7)],
+    "ci": ["c64-n64-s32-k3", "c128-n128-s16-k3"],
     "goals": ["c128-n128-s32-k3", "c256-n256-s16-k3", "c256-n256-s32-k3", "c128-n128-s32-k5"],
 }
 # The sweep's default subset (seeded): pinned too, since results name these rows.
