@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import random
 import signal
@@ -78,7 +79,7 @@ class Driver:
 
     def set_up(self, case, warmup: bool = True):
         """(bench, compile stats before, None), or (None, None, the skipped/failed record)."""
-        before = _compile_stats(known_impl(case.impl)) if hasattr(case, "impl") else None
+        before = _compile_stats(known_impl(case.impl))
         try:
             bench = case.set_up(self.settings.threads, warmup)
         except gate.Unavailable as e:
@@ -305,7 +306,7 @@ def _run_child(group: list, settings: Settings) -> tuple[list[dict], str | None]
         spec = {"cases": [c.id for c in group], "results": str(out), "settings": settings_to_json(settings)}
         env = {**os.environ, "BENCH_RUN_ID": records.run_id()}
         try:
-            proc = subprocess.run([sys.executable, "-m", "bench", "child", json_dumps(spec)], env=env,
+            proc = subprocess.run([sys.executable, "-m", "bench", "child", json.dumps(spec)], env=env,
                                   cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.DEVNULL,
                                   timeout=CHILD_SECONDS_BASE + CHILD_SECONDS_PER_CASE * len(group))
         except subprocess.TimeoutExpired as e:
@@ -316,12 +317,6 @@ def _run_child(group: list, settings: Settings) -> tuple[list[dict], str | None]
         if proc.returncode != 0 or len(got) != len(group):
             return got, f"exit status {proc.returncode}"
         return got, None
-
-
-def json_dumps(value) -> str:
-    import json
-
-    return json.dumps(value, sort_keys=True)
 
 
 def settings_to_json(settings: Settings) -> dict:
