@@ -19,6 +19,8 @@ _MODULES = (
     "impls.dense",
     "impls.openmp",
     "impls.cupy_kernels",
+    "impls.torch_compile",
+    "impls.onnxruntime_impl",
 )
 
 _REGISTRY: dict[str, Implementation] = {}
