@@ -74,15 +74,20 @@ class _CompileCounter:
         self._lock = threading.Lock()
         self._start_cb = self._on_start  # bound once: registered and looked up by identity
         self._end_cb = self._on_end
+        self._handler = None
 
-    def ensure_registered(self) -> None:
-        # torch._dynamo.reset() clears every callback; register again after one.
-        from torch._dynamo.callback import callback_handler
+    def _ensure_registered(self) -> None:
+        # Checked on every call: torch._dynamo.reset() (torch.compiler.reset()) clears
+        # every callback along with the compiled code, and the next call recompiles.
+        handler = self._handler
+        if handler is None:
+            from torch._dynamo.callback import callback_handler
 
-        if self._start_cb not in callback_handler.start_callbacks:
-            callback_handler.register_start_callback(self._start_cb)
-        if self._end_cb not in callback_handler.end_callbacks:
-            callback_handler.register_end_callback(self._end_cb)
+            handler = self._handler = callback_handler
+        if self._start_cb not in handler.start_callbacks:
+            handler.register_start_callback(self._start_cb)
+        if self._end_cb not in handler.end_callbacks:
+            handler.register_end_callback(self._end_cb)
 
     def _on_start(self, args) -> None:
         if self._active:
@@ -96,6 +101,7 @@ class _CompileCounter:
             self._started = None
 
     def __enter__(self):
+        self._ensure_registered()
         self._active += 1
         return self
 
@@ -184,7 +190,6 @@ class TorchCompile(Implementation):
         fn = torch.compile(_fresh_function(f"{direction}_{len(self._compiled)}"), mode=self.mode,
                            options=self.options, dynamic=False, fullgraph=True)
         self._compiled[key] = fn
-        self._counter.ensure_registered()
         return fn, True
 
     def _prepare(self, params):
