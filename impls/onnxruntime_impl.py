@@ -6,7 +6,8 @@ TorchScript exporter: 0.2 s and quiet, where the dynamo exporter takes about 4 s
 logs), the weights as initializers and every dimension static, so ONNX Runtime can
 optimize for the shape, as a deployment would. The model is three Conv nodes.
 
-Sessions are cached in `prepared.extra` per (shape, padding, device, threads):
+Sessions are cached per parameter set (in `prepared.extra`, and shared by a later
+`prepare` of equal parameters) and per (shape, padding, device, threads):
 intra-op threads = the count given to `set_num_threads` (torch.get_num_threads() when
 none was), one inter-op thread, sequential execution, and thread spinning off for both
 pools. With ONNX Runtime's default spinning its idle workers keep spinning on every core
@@ -77,6 +78,12 @@ def _export(params, shape, padding) -> bytes:
     return buf.getvalue()
 
 
+def _equal(a, b) -> bool:
+    ta, tb = a.tensors(), b.tensors()
+    return all(x.shape == tb[k].shape and x.dtype == tb[k].dtype and x.device == tb[k].device and torch.equal(x, tb[k])
+               for k, x in ta.items())
+
+
 class _Session:
     """One InferenceSession and its IO binding, for one input shape on one device."""
 
@@ -134,6 +141,7 @@ class OnnxRuntime(Implementation):
         self._compilations = 0
         self._seconds = 0.0
         self._reasons: dict[str, str | None] = {}
+        self._recent: list[tuple[Any, dict]] = []
 
     # ---- availability and runtime ----------------------------------------------------
     def _dependency_reason(self, device_type):
@@ -217,8 +225,21 @@ class OnnxRuntime(Implementation):
         return {"compilations": self._compilations, "compile_seconds": self._seconds}
 
     # ---- the contract ----------------------------------------------------------------
+    # Parameter sets seen lately, each with its sessions: FlattenedConv2d prepares on every
+    # call, and a network's inference would otherwise export every layer on every forward.
+    _RECENT = 16
+
     def _prepare(self, params):
-        return {"sessions": {}}
+        # A parameter set equal to a recent one (compared by value: cheap next to a layer,
+        # and immune to storage reuse or in-place updates) shares its sessions.
+        for i, (known, sessions) in enumerate(self._recent):
+            if _equal(known, params):
+                self._recent.insert(0, self._recent.pop(i))
+                return {"sessions": sessions}
+        sessions: dict = {}
+        self._recent.insert(0, (params.replace(**{k: v.clone() for k, v in params.tensors().items()}), sessions))
+        del self._recent[self._RECENT:]
+        return {"sessions": sessions}
 
     def _session(self, x, prepared, p) -> _Session:
         threads = self.threads()

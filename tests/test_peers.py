@@ -103,8 +103,16 @@ def test_onnxruntime_compiles_once_per_parameters_shape_padding_and_threads(capf
     impl.forward(x, prepared, padding=0)
     impl.forward(x[:1], prepared, padding=1)
     assert impl.compile_stats()["compilations"] == 3
-    impl.forward(x, impl.prepare(params), padding=1)  # a new parameter set: a new export
+    # FlattenedConv2d prepares on every call: equal parameters share the sessions ...
+    assert torch.equal(impl.forward(x, impl.prepare(params.replace(lateral=params.lateral.clone())), padding=1), y)
+    assert impl.compile_stats()["compilations"] == 3
+    # ... and changed ones (in place too) get their own export.
+    changed = params.replace(lateral=params.lateral.clone())
+    changed.lateral.mul_(2)
+    y2 = impl.forward(x, impl.prepare(changed), padding=1)
     assert impl.compile_stats()["compilations"] == 4
+    torch.testing.assert_close(y2, impls.get("torch").forward(x, impls.get("torch").prepare(changed), padding=1))
+    assert not torch.equal(y2, y)
     impl.set_num_threads(1)
     impl.forward(x, prepared, padding=1)
     assert impl.compile_stats()["compilations"] == 5
