@@ -1,31 +1,35 @@
 """`torch_compile`: `torch.compile` of the composed three-stage layer.
 
 The compiled function is the same math as `torch` (impls/composed.py): three
-`F.conv2d` calls with their biases. What a user gets from `torch.compile(layer)`:
-inductor, default mode, static shapes, one compiled graph per input shape.
+`F.conv2d` calls with their biases. The benchmarks run what a user gets from
+`torch.compile(layer)`: inductor, default mode, static shapes, one compiled graph per
+input shape. (On the CPU inductor keeps the convolutions as oneDNN calls, runs them
+channels-last and adds C++ kernels for the NCHW <-> NHWC copies.)
 
 Inference runs the compiled function under no_grad (inductor's inference graph).
-Training runs it under autograd on leaf aliases of the input and the six parameters
-that require grad, so AOTAutograd partitions the layer into a compiled forward graph
-and a compiled backward graph; `forward_train` keeps the autograd graph (the output
-with its grad_fn and the leaves) in the saved tensors, and `backward` is
-`torch.autograd.grad(..., retain_graph=True)` on it: exactly the compiled backward
-graph a training step runs, timed alone, repeatable, and it never mutates `saved`
-(retain_graph keeps AOTAutograd's saved activations). The alternative, compiling one
-joint forward+backward function, cannot time the backward alone and is not what
-`torch.compile` gives a training loop.
+Training runs it under autograd on leaf aliases (no copies) of the input and the six
+parameters, so AOTAutograd partitions the layer into a compiled forward graph and a
+compiled backward graph. `forward_train` keeps the autograd graph (the output with its
+grad_fn, and the input leaf) in the saved tensors, and `backward` is
+`torch.autograd.grad(y, leaves, grad_y, retain_graph=True)` on it: the compiled
+backward graph of a training step, timed alone and repeatable, never mutating `saved`.
+Compiling one joint forward+backward function instead could not time backward alone and
+is not what `torch.compile` gives a training loop. The one difference from a training
+loop: the backward runs without AOTAutograd's donated buffers (which let it overwrite
+saved activations, and so forbid a second backward on the same graph).
 
 Each compiled function is specialized to one key (direction, device, dtype, input and
-parameter shapes, padding, threads): a fresh code object per key, so every key has its
-own dynamo cache with one entry (no walk over other shapes' guards on a call, and
-dynamo's recompile limit of 8 per code object never sends a long sweep back to
+parameter shapes, padding, threads) and has a fresh code object: dynamo keeps its cache
+on the code object, so every key has one entry (no walk over other shapes' guards on a
+call, and dynamo's recompile limit of 8 per code object never sends a long sweep back to
 eager). The thread count is in the key because inductor's C++ kernels bake
 `torch.get_num_threads()` in when they are generated.
 
 Compilation happens on the first call for a key (the benchmark harness gates and warms
-up before it times). `compile_stats()` counts dynamo's compile events exactly, through
-dynamo's compile-start/end callbacks, while one of this implementation's functions
-runs.
+up before it times); `compile_stats()` counts dynamo's compile events exactly, through
+its compile-start/end callbacks, while one of this implementation's calls runs.
+Inductor's on-disk caches (TORCHINDUCTOR_CACHE_DIR) make a repeated compilation, even in
+a new process, several times cheaper; it still counts as one.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sysconfig
 import threading
 import time
 import types
@@ -143,8 +148,12 @@ class TorchCompile(Implementation):
 
     @staticmethod
     def _find_reason(device_type):
-        if device_type == "cpu" and _cpp_compiler() is None:
-            return f"torch.compile on the CPU needs a C++ compiler ({os.environ.get('CXX', 'g++')} not found; set CXX)"
+        if device_type == "cpu":
+            if _cpp_compiler() is None:
+                return f"torch.compile on the CPU needs a C++ compiler ({os.environ.get('CXX', 'g++')} not found; set CXX)"
+            include = sysconfig.get_paths().get("include") or ""
+            if not os.path.exists(os.path.join(include, "Python.h")):
+                return f"torch.compile on the CPU needs Python's C headers (no Python.h in {include or '?'})"
         if device_type == "cuda":
             import importlib.util
 
@@ -161,15 +170,18 @@ class TorchCompile(Implementation):
             "dynamic": False,
             "fullgraph": True,
             "specialized_per": "direction, device, dtype, shapes, padding, threads",
+            "backward": "autograd.grad(retain_graph=True) through AOTAutograd's compiled backward (no donated buffers)",
+            "inductor_cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR", "default (/tmp/torchinductor_<user>)"),
             "cxx": _cpp_compiler(),
             "compiled_functions": len(self._compiled),
         }
 
     def compile_stats(self):
-        """{"compilations": dynamo compile events of this implementation's functions (one
-        per new key in forward or forward_train; a recompilation on a guard failure; a
-        backward graph compiled lazily on the first backward), "compile_seconds": their
-        wall time}; cumulative over this instance's life."""
+        """{"compilations": dynamo's compile events in this instance's calls: one per new
+        key in forward or forward_train, one per recompilation (a guard failing, or the
+        compiled code dropped by torch._dynamo.reset()), and one for a backward graph that
+        AOTAutograd compiles at the first backward of a key (none when its cache already
+        had it); "compile_seconds": their wall time}. Cumulative over the instance's life."""
         return {"compilations": self._counter.compilations, "compile_seconds": self._counter.seconds}
 
     # ---- compiled functions ----------------------------------------------------------
