@@ -105,6 +105,10 @@ class _CompileCounter:
                 self.seconds += time.perf_counter() - self._started
             self._started = None
 
+    def add_seconds(self, seconds: float) -> None:
+        with self._lock:
+            self.seconds += seconds
+
     def __enter__(self):
         self._ensure_registered()
         self._active += 1
@@ -181,7 +185,9 @@ class TorchCompile(Implementation):
         key in forward or forward_train, one per recompilation (a guard failing, or the
         compiled code dropped by torch._dynamo.reset()), and one for a backward graph that
         AOTAutograd compiles at the first backward of a key (none when its cache already
-        had it); "compile_seconds": their wall time}. Cumulative over the instance's life."""
+        had it); "compile_seconds": their wall time, plus the creation of each compiled
+        function (the process's first torch.compile() imports dynamo)}. Cumulative over
+        the instance's life."""
         return {"compilations": self._counter.compilations, "compile_seconds": self._counter.seconds}
 
     # ---- compiled functions ----------------------------------------------------------
@@ -199,8 +205,10 @@ class TorchCompile(Implementation):
         # dynamic=False: static kernels per shape, as a model that sees one input shape per
         # layer gets them; with dynamo's default the second shape a code object sees
         # compiles as dynamic, and a sweep's numbers would depend on the order of its cases.
+        start = time.perf_counter()  # the first torch.compile() of a process imports dynamo: seconds
         fn = torch.compile(_fresh_function(f"{direction}_{len(self._compiled)}"), mode=self.mode,
                            options=self.options, dynamic=False, fullgraph=True)
+        self._counter.add_seconds(time.perf_counter() - start)
         self._compiled[key] = fn
         return fn, True
 
