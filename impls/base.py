@@ -119,6 +119,16 @@ class Implementation:
         OpenMP runtime and threads, compiler...). Empty unless a subclass knows more."""
         return {}
 
+    def compile_stats(self) -> dict[str, Any] | None:
+        """None for an implementation that never compiles (the default). One that compiles
+        per shape or per parameter set (a JIT, an exporter and a runtime session) returns
+        its cumulative totals in this process, {"compilations": int, "compile_seconds":
+        float}: both only ever grow, so a caller compares two readings. Compilation
+        happens in `prepare` or on the first call for a shape, never on a repeated call;
+        more compilations after a timed loop than before it mean that something in the
+        loop recompiled."""
+        return None
+
     def set_num_threads(self, threads: int) -> None:
         """Set the thread count of this implementation's own runtime, if it has one that
         torch.set_num_threads does not reach (an OpenMP runtime in a C extension)."""

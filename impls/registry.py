@@ -22,6 +22,8 @@ _MODULES = (
     "impls.dense",
     "impls.openmp",
     "impls.cupy_kernels",
+    "impls.torch_compile",
+    "impls.onnxruntime_impl",
     "impls.triton_fused",
 )
 

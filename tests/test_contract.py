@@ -6,7 +6,7 @@ import torch
 import impls
 from impls import shapes
 
-from _support import impl_device_params
+from _support import impl_device_params, impl_for_tests
 
 REQUIRED = {"naive", "im2col", "torch", "cudnn", "dense"}
 
@@ -162,20 +162,21 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("name,device", impl_device_params(torch.float32))
 @pytest.mark.parametrize("what,make,error,match", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
 def test_bad_input_is_refused_clearly(name, device, what, make, error, match):
-    impl = impls.get(name)
+    impl = impl_for_tests(name)
     x, params = _good(device)
     prepared = impl.prepare(params)
     bad_x, _, padding = make(x, params)
     if what == "input/params dtype differ" and not impl.supports_dtype(device, torch.float64):
         pytest.skip("float64 unsupported: refused as an unsupported dtype instead")
-    for call in (impl.forward, impl.forward_train):
+    calls = (impl.forward, impl.forward_train) if impl.unavailable_reason(device, "train") is None else (impl.forward,)
+    for call in calls:
         with pytest.raises(error, match=match):
             call(bad_x, prepared, padding=padding)
 
 
 @pytest.mark.parametrize("name,device", impl_device_params(torch.float32))
 def test_bad_prepare_and_backward_arguments(name, device):
-    impl = impls.get(name)
+    impl = impl_for_tests(name)
     x, params = _good(device)
     with pytest.raises(TypeError, match="params"):
         impl.prepare(params.tensors())
@@ -188,6 +189,10 @@ def test_bad_prepare_and_backward_arguments(name, device):
     if other.unavailable_reason(device) is None:
         with pytest.raises(ValueError, match="prepared"):
             impl.forward(x, other.prepare(params), padding=1)
+    if impl.unavailable_reason(device, "train") is not None:
+        with pytest.raises(NotImplementedError, match="forward only"):
+            impl.forward_train(x, prepared, padding=1)
+        return
     y, saved = impl.forward_train(x, prepared, padding=1)
     with pytest.raises(ValueError, match="grad_y"):
         impl.backward(saved, torch.randn(2, 4, 5, 5, device=device))

@@ -11,7 +11,7 @@ import impls
 from impls import reference, verify
 from impls.composed import Cudnn
 
-from _support import impl_device_params
+from _support import impl_device_params, impl_for_tests
 
 # (batch, in_channels, out_channels, height, width, kernel_size): batch 1, one channel,
 # C != N both ways, k = 1, even k, k = 7, non-square inputs, an input exactly k tall.
@@ -45,10 +45,27 @@ def _assert_close(errors, dtype, what):
     assert not bad, f"{what}: relative errors above {tol}: {bad}"
 
 
+def _serves_train(impl, device):
+    return impl.unavailable_reason(device, "train") is None
+
+
 @pytest.mark.parametrize("name,device", impl_device_params())
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_forward_matches_oracle_on_grid(name, device, dtype):
+    """Every implementation, inference included: the output on every shape and padding."""
+    impl = impl_for_tests(name)
+    if not impl.supports_dtype(device, dtype):
+        pytest.skip(f"{name} on {device} does not support {dtype}")
+    for seed, (shape, p) in enumerate(CASES):
+        x, params, _ = _inputs(shape, p, dtype, device, seed)
+        _assert_close(verify.check(impl, x, params, p), dtype, f"{name} {shape} padding {p}")
+
+
+@pytest.mark.parametrize("name,device", impl_device_params(direction="train"))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_matches_oracle_on_grid(name, device, dtype):
-    impl = impls.get(name)
+    """Every implementation that trains: forward_train's output and all seven gradients."""
+    impl = impl_for_tests(name)
     if not impl.supports_dtype(device, dtype):
         pytest.skip(f"{name} on {device} does not support {dtype}")
     for seed, (shape, p) in enumerate(CASES):
@@ -58,21 +75,21 @@ def test_matches_oracle_on_grid(name, device, dtype):
 
 @pytest.mark.parametrize("name,device", impl_device_params(torch.float32))
 def test_non_contiguous_input(name, device):
-    impl = impls.get(name)
+    impl = impl_for_tests(name)
     base = torch.randn(2, 9, 7, 4, device=device).permute(0, 3, 1, 2)  # (2, 4, 9, 7), strided
     x = base[:, :, 1:, ::2]  # (2, 4, 8, 4), not contiguous
     assert not x.is_contiguous()
     params = impls.FlatParams.random(4, 3, 3, device=device, seed=3)
-    gy = torch.randn(2, 3, 8, 4, device=device)
+    gy = torch.randn(2, 3, 8, 4, device=device) if _serves_train(impl, device) else None
     _assert_close(verify.check(impl, x, params, 1, gy), torch.float32, name)
 
 
-@pytest.mark.parametrize("name,device", impl_device_params(torch.float64))
+@pytest.mark.parametrize("name,device", impl_device_params(torch.float64, direction="train"))
 @pytest.mark.parametrize("padding", [0, 1, 2])
 def test_rank1_dense_equivalence(name, device, padding):
     """The outside truth: with zero inner biases the layer is F.conv2d with the rank-1
     filter at every padding, and its input gradient is F.conv2d's."""
-    impl = impls.get(name)
+    impl = impl_for_tests(name)
     x, params, gy = _inputs((2, 3, 4, 7, 6, 3), padding, torch.float64, device, seed=11)
     params = params.without_inner_biases()
     x_ref = x.clone().requires_grad_()
@@ -86,15 +103,15 @@ def test_rank1_dense_equivalence(name, device, padding):
 
 @pytest.mark.parametrize("name,device", impl_device_params(torch.float64))
 def test_rank1_with_biases_at_padding_zero(name, device):
-    impl = impls.get(name)
+    impl = impl_for_tests(name)
     x, params, _ = _inputs((2, 3, 4, 6, 8, 3), 0, torch.float64, device, seed=12)
     y_ref = F.conv2d(x, params.dense_weight(), params.dense_bias())
     torch.testing.assert_close(impl.forward(x, impl.prepare(params)), y_ref)
 
 
-@pytest.mark.parametrize("name,device", impl_device_params(torch.float32))
+@pytest.mark.parametrize("name,device", impl_device_params(torch.float32, direction="train"))
 def test_backward_does_not_mutate_saved(name, device):
-    impl = impls.get(name)
+    impl = impl_for_tests(name)
     x, params, gy = _inputs((2, 3, 4, 6, 6, 3), 1, torch.float32, device, seed=5)
     _, saved = impl.forward_train(x, impl.prepare(params), padding=1)
     first = impl.backward(saved, gy).tensors()
@@ -103,7 +120,7 @@ def test_backward_does_not_mutate_saved(name, device):
         torch.testing.assert_close(first[field], second[field], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name,device", impl_device_params(torch.float64))
+@pytest.mark.parametrize("name,device", impl_device_params(torch.float64, direction="train"))
 def test_module_gradcheck(name, device):
     layer = impls.FlattenedConv2d(2, 3, 3, padding=1, impl=name, dtype=torch.float64, device=device, seed=0)
     x = torch.randn(1, 2, 5, 4, dtype=torch.float64, device=device, requires_grad=True)
@@ -152,8 +169,11 @@ def test_cudnn_index_algebra_on_cpu():
         _assert_close(verify.check(impl, x, params, p, gy), torch.float64, f"cudnn algebra {shape} p={p}")
 
 
-CPU_FLOAT64 = [n for n in impls.names() if impls.get(n).unavailable_reason("cpu") is None
-               and impls.get(n).supports_dtype("cpu", torch.float64)]
+# Random shapes for the implementations that train in float64 on this CPU, except those
+# that compile per shape (every drawn shape would cost a compilation of seconds; the grid
+# above covers them on every kind of odd shape).
+CPU_FLOAT64 = [n for n in impls.names() if impls.get(n).unavailable_reason("cpu", "train") is None
+               and impls.get(n).supports_dtype("cpu", torch.float64) and impls.get(n).compile_stats() is None]
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
