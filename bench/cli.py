@@ -108,7 +108,7 @@ def _run(cases, settings_list, results, args) -> int:
             if rec.get("probe_gflops"):
                 best_probe[threads] = max(best_probe.get(threads, 0.0), rec["probe_gflops"])
             note = _fmt_time(rec.get("time_median")) if rec["status"] == "ok" else f"{rec['status']}: {rec['reason']}"
-            again = f" (attempt {rec['attempt']})" if rec.get("attempt") else ""
+            again = f" (attempt {rec['attempt']})" if (rec.get("attempt") or 1) > 1 else ""
             print(f"[{len(out)}/{total} {time.perf_counter() - start:6.1f}s] {rec['case']}"
                   f"{' threads=' + str(threads) if settings.threads else ''}{again}  {note}"
                   f"{_slow_period(rec, best_probe.get(threads))}", flush=True)

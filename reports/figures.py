@@ -396,7 +396,7 @@ def time_vs_size(df: pd.DataFrame, ctx: Context) -> Figure | None:
                 ax.set_xlabel("layer size: dense forward FLOPs")
             if c == 0:
                 ax.set_ylabel("median time")
-    handles, labels = {}, {}
+    handles = {}
     for ax in axes.flat:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)

@@ -4,8 +4,10 @@ instance of an implementation runs the oracle grid."""
 import functools
 
 import pytest
+import torch
 
 import impls
+from impls import verify
 
 
 def impl_device_params(dtype=None, direction=None):
@@ -53,3 +55,21 @@ def impl_for_tests(name):
     or its cheaper-to-compile variant from TEST_VARIANTS."""
     make = TEST_VARIANTS.get(name)
     return make() if make is not None else impls.get(name)
+
+
+def layer_inputs(shape, padding, dtype=torch.float32, device="cpu", seed=0):
+    """Seeded x, parameters and output gradient for (batch, C, N, H, W, k) and a padding."""
+    b, c, n, h, w, k = shape
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, c, h, w, generator=gen, dtype=torch.float64).to(device, dtype)
+    params = impls.FlatParams.random(c, n, k, dtype=dtype, device=device, seed=seed + 1)
+    oh, ow = h + 2 * padding - k + 1, w + 2 * padding - k + 1
+    grad_y = torch.randn(b, n, oh, ow, generator=gen, dtype=torch.float64).to(device, dtype)
+    return x, params, grad_y
+
+
+def assert_close(errors, dtype, what):
+    """Every relative error within the dtype's tolerance, else a message naming them."""
+    tol = verify.tolerance(dtype)
+    bad = {k: v for k, v in errors.items() if not v <= tol}
+    assert not bad, f"{what}: relative errors above {tol}: {bad}"

@@ -176,7 +176,7 @@ def test_machines_are_matched(tmp_path, capsys):
     assert f"{timed - 1} cases compared" in out
     # several machines on one side, one on the other: only that machine's cases pair up
     status, out, err = _run(capsys, both, epyc)
-    assert status == 0 and f"only in OLD" in out and "ci-xeon" not in out.split("cases compared")[0]
+    assert status == 0 and "only in OLD" in out and "ci-xeon" not in out.split("cases compared")[0]
     # one machine each, two different machines: compared, and said so
     status, out, err = _run(capsys, epyc, xeon, "--threshold", "1000")
     assert status == 0 and "ci-epyc → ci-xeon" in out and "compare the machines as much as the code" in out

@@ -11,7 +11,7 @@ import impls
 from impls import reference, verify
 from impls.composed import Cudnn
 
-from _support import impl_device_params, impl_for_tests
+from _support import assert_close, impl_device_params, impl_for_tests, layer_inputs
 
 # (batch, in_channels, out_channels, height, width, kernel_size): batch 1, one channel,
 # C != N both ways, k = 1, even k, k = 7, non-square inputs, an input exactly k tall.
@@ -29,22 +29,6 @@ CASES = [(shape, p) for shape in GRID for p in range(shape[5])]
 DTYPES = [torch.float32, torch.float64]
 
 
-def _inputs(shape, padding, dtype, device, seed=0):
-    b, c, n, h, w, k = shape
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, c, h, w, generator=gen, dtype=torch.float64).to(device, dtype)
-    params = impls.FlatParams.random(c, n, k, dtype=dtype, device=device, seed=seed + 1)
-    oh, ow = h + 2 * padding - k + 1, w + 2 * padding - k + 1
-    grad_y = torch.randn(b, n, oh, ow, generator=gen, dtype=torch.float64).to(device, dtype)
-    return x, params, grad_y
-
-
-def _assert_close(errors, dtype, what):
-    tol = verify.tolerance(dtype)
-    bad = {k: v for k, v in errors.items() if not v <= tol}
-    assert not bad, f"{what}: relative errors above {tol}: {bad}"
-
-
 def _serves_train(impl, device):
     return impl.unavailable_reason(device, "train") is None
 
@@ -57,8 +41,8 @@ def test_forward_matches_oracle_on_grid(name, device, dtype):
     if not impl.supports_dtype(device, dtype):
         pytest.skip(f"{name} on {device} does not support {dtype}")
     for seed, (shape, p) in enumerate(CASES):
-        x, params, _ = _inputs(shape, p, dtype, device, seed)
-        _assert_close(verify.check(impl, x, params, p), dtype, f"{name} {shape} padding {p}")
+        x, params, _ = layer_inputs(shape, p, dtype, device, seed)
+        assert_close(verify.check(impl, x, params, p), dtype, f"{name} {shape} padding {p}")
 
 
 @pytest.mark.parametrize("name,device", impl_device_params(direction="train"))
@@ -69,8 +53,8 @@ def test_matches_oracle_on_grid(name, device, dtype):
     if not impl.supports_dtype(device, dtype):
         pytest.skip(f"{name} on {device} does not support {dtype}")
     for seed, (shape, p) in enumerate(CASES):
-        x, params, gy = _inputs(shape, p, dtype, device, seed)
-        _assert_close(verify.check(impl, x, params, p, gy), dtype, f"{name} {shape} padding {p}")
+        x, params, gy = layer_inputs(shape, p, dtype, device, seed)
+        assert_close(verify.check(impl, x, params, p, gy), dtype, f"{name} {shape} padding {p}")
 
 
 @pytest.mark.parametrize("name,device", impl_device_params(torch.float32))
@@ -81,7 +65,7 @@ def test_non_contiguous_input(name, device):
     assert not x.is_contiguous()
     params = impls.FlatParams.random(4, 3, 3, device=device, seed=3)
     gy = torch.randn(2, 3, 8, 4, device=device) if _serves_train(impl, device) else None
-    _assert_close(verify.check(impl, x, params, 1, gy), torch.float32, name)
+    assert_close(verify.check(impl, x, params, 1, gy), torch.float32, name)
 
 
 @pytest.mark.parametrize("name,device", impl_device_params(torch.float64, direction="train"))
@@ -90,7 +74,7 @@ def test_rank1_dense_equivalence(name, device, padding):
     """The outside truth: with zero inner biases the layer is F.conv2d with the rank-1
     filter at every padding, and its input gradient is F.conv2d's."""
     impl = impl_for_tests(name)
-    x, params, gy = _inputs((2, 3, 4, 7, 6, 3), padding, torch.float64, device, seed=11)
+    x, params, gy = layer_inputs((2, 3, 4, 7, 6, 3), padding, torch.float64, device, seed=11)
     params = params.without_inner_biases()
     x_ref = x.clone().requires_grad_()
     y_ref = F.conv2d(x_ref, params.dense_weight(), params.horizontal_bias, padding=padding)
@@ -104,7 +88,7 @@ def test_rank1_dense_equivalence(name, device, padding):
 @pytest.mark.parametrize("name,device", impl_device_params(torch.float64))
 def test_rank1_with_biases_at_padding_zero(name, device):
     impl = impl_for_tests(name)
-    x, params, _ = _inputs((2, 3, 4, 6, 8, 3), 0, torch.float64, device, seed=12)
+    x, params, _ = layer_inputs((2, 3, 4, 6, 8, 3), 0, torch.float64, device, seed=12)
     y_ref = F.conv2d(x, params.dense_weight(), params.dense_bias())
     torch.testing.assert_close(impl.forward(x, impl.prepare(params)), y_ref)
 
@@ -112,7 +96,7 @@ def test_rank1_with_biases_at_padding_zero(name, device):
 @pytest.mark.parametrize("name,device", impl_device_params(torch.float32, direction="train"))
 def test_backward_does_not_mutate_saved(name, device):
     impl = impl_for_tests(name)
-    x, params, gy = _inputs((2, 3, 4, 6, 6, 3), 1, torch.float32, device, seed=5)
+    x, params, gy = layer_inputs((2, 3, 4, 6, 6, 3), 1, torch.float32, device, seed=5)
     _, saved = impl.forward_train(x, impl.prepare(params), padding=1)
     first = impl.backward(saved, gy).tensors()
     second = impl.backward(saved, gy).tensors()
@@ -134,7 +118,7 @@ def test_module_gradcheck(name, device):
 
 def test_reference_matches_autograd_of_composed_conv2d():
     """The oracle itself checked against autograd through three F.conv2d calls."""
-    x, params, gy = _inputs((2, 3, 5, 7, 6, 4), 2, torch.float64, "cpu", seed=21)
+    x, params, gy = layer_inputs((2, 3, 5, 7, 6, 4), 2, torch.float64, "cpu", seed=21)
     t = {k: v.clone().requires_grad_() for k, v in params.tensors().items()}
     xr = x.clone().requires_grad_()
     n = params.out_channels
@@ -165,8 +149,8 @@ def test_cudnn_index_algebra_on_cpu():
         conv_transpose=lambda g, w, padding, groups: F.conv_transpose2d(g, w, None, 1, padding, 0, groups),
     )
     for seed, (shape, p) in enumerate(CASES[::3]):
-        x, params, gy = _inputs(shape, p, torch.float64, "cpu", seed)
-        _assert_close(verify.check(impl, x, params, p, gy), torch.float64, f"cudnn algebra {shape} p={p}")
+        x, params, gy = layer_inputs(shape, p, torch.float64, "cpu", seed)
+        assert_close(verify.check(impl, x, params, p, gy), torch.float64, f"cudnn algebra {shape} p={p}")
 
 
 # Random shapes for the implementations that train in float64 on this CPU, except those
@@ -185,5 +169,5 @@ def test_property_random_shapes(b, c, n, k, extra_h, extra_w, data):
     p = data.draw(st.integers(0, k - 1), label="padding")
     h, w = max(1, k - 2 * p + extra_h), max(1, k - 2 * p + extra_w)
     name = data.draw(st.sampled_from(CPU_FLOAT64), label="impl")
-    x, params, gy = _inputs((b, c, n, h, w, k), p, torch.float64, "cpu", seed=b + c + n + k)
-    _assert_close(verify.check(impls.get(name), x, params, p, gy), torch.float64, name)
+    x, params, gy = layer_inputs((b, c, n, h, w, k), p, torch.float64, "cpu", seed=b + c + n + k)
+    assert_close(verify.check(impls.get(name), x, params, p, gy), torch.float64, name)

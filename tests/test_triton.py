@@ -34,29 +34,13 @@ import impls
 from impls import reference, verify
 from impls.triton_fused import TritonFused, triton_missing_reason
 
-from _support import impl_device_params
+from _support import assert_close, impl_device_params, layer_inputs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MISSING = triton_missing_reason()
 needs_triton = pytest.mark.skipif(MISSING is not None, reason=f"triton_fused: {MISSING}")
 GPU_REASON = impls.get("triton_fused").unavailable_reason("cuda")
 needs_gpu = pytest.mark.skipif(GPU_REASON is not None, reason=f"triton_fused on cuda: {GPU_REASON}")
-
-
-def _inputs(shape, padding, dtype=torch.float32, device="cpu", seed=0):
-    b, c, n, h, w, k = shape
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, c, h, w, generator=gen, dtype=torch.float64).to(device, dtype)
-    params = impls.FlatParams.random(c, n, k, dtype=dtype, device=device, seed=seed + 1)
-    oh, ow = h + 2 * padding - k + 1, w + 2 * padding - k + 1
-    gy = torch.randn(b, n, oh, ow, generator=gen, dtype=torch.float64).to(device, dtype)
-    return x, params, gy
-
-
-def _assert_close(errors, dtype, what):
-    tol = verify.tolerance(dtype)
-    bad = {k: v for k, v in errors.items() if not v <= tol}
-    assert not bad, f"{what}: relative errors above {tol}: {bad}"
 
 
 def _check_train(impl, x, params, padding, gy):
@@ -195,15 +179,15 @@ def test_compiled_and_interpreted_modules_coexist():
 @needs_triton
 @pytest.mark.parametrize("shape,padding", CASES, ids=[f"{s}-p{p}" for s, p in CASES])
 def test_interpreted_matches_oracle(twin, shape, padding):
-    x, params, gy = _inputs(shape, padding, seed=sum(shape) + padding)
-    _assert_close(_check_train(twin, x, params, padding, gy), torch.float32, f"{shape} padding {padding}")
+    x, params, gy = layer_inputs(shape, padding, seed=sum(shape) + padding)
+    assert_close(_check_train(twin, x, params, padding, gy), torch.float32, f"{shape} padding {padding}")
 
 
 @needs_triton
 @pytest.mark.parametrize("shape,padding", [((2, 3, 5, 7, 6, 3), 1), ((1, 2, 3, 6, 9, 4), 3)])
 def test_interpreted_inference_path(twin, shape, padding):
-    x, params, gy = _inputs(shape, padding, seed=1)
-    _assert_close(verify.check(twin, x, params, padding, gy), torch.float32, f"{shape} padding {padding}")
+    x, params, gy = layer_inputs(shape, padding, seed=1)
+    assert_close(verify.check(twin, x, params, padding, gy), torch.float32, f"{shape} padding {padding}")
 
 
 # Tiles that exercise every feature of the kernels' indexing: several row strips (halo
@@ -225,20 +209,20 @@ def test_interpreted_tiles_match_oracle(shape, padding, ft, bt):
     from impls.triton_fused._launch import Tile
 
     impl = TritonFused(interpret=True, tiles={"forward": Tile(*ft), "backward": Tile(*bt)})
-    x, params, gy = _inputs(shape, padding, seed=7)
-    _assert_close(_check_train(impl, x, params, padding, gy), torch.float32, f"{shape} padding {padding} tiles")
+    x, params, gy = layer_inputs(shape, padding, seed=7)
+    assert_close(_check_train(impl, x, params, padding, gy), torch.float32, f"{shape} padding {padding} tiles")
 
 
 @needs_triton
 @pytest.mark.parametrize("shape,padding", [((2, 3, 4, 7, 6, 3), 1), ((1, 2, 3, 6, 9, 6), 4)])
 def test_interpreted_float64(twin, shape, padding):
-    x, params, gy = _inputs(shape, padding, torch.float64, seed=3)
-    _assert_close(_check_train(twin, x, params, padding, gy), torch.float64, f"{shape} padding {padding}")
+    x, params, gy = layer_inputs(shape, padding, torch.float64, seed=3)
+    assert_close(_check_train(twin, x, params, padding, gy), torch.float64, f"{shape} padding {padding}")
 
 
 @needs_triton
 def test_interpreted_without_inner_biases_is_the_dense_rank1_conv(twin):
-    x, params, gy = _inputs((2, 3, 4, 7, 6, 3), 2, torch.float64, seed=11)
+    x, params, gy = layer_inputs((2, 3, 4, 7, 6, 3), 2, torch.float64, seed=11)
     params = params.without_inner_biases()
     x_ref = x.clone().requires_grad_()
     y_ref = torch.nn.functional.conv2d(x_ref, params.dense_weight(), params.horizontal_bias, padding=2)
@@ -250,7 +234,7 @@ def test_interpreted_without_inner_biases_is_the_dense_rank1_conv(twin):
 
 @needs_triton
 def test_interpreted_backward_is_deterministic_and_leaves_saved_alone(twin):
-    x, params, gy = _inputs((2, 3, 4, 6, 6, 3), 1, seed=5)
+    x, params, gy = layer_inputs((2, 3, 4, 6, 6, 3), 1, seed=5)
     _, saved = twin.forward_train(x, twin.prepare(params), padding=1)
     kept = {k: v.clone() for k, v in saved.tensors.items()}
     assert set(kept) == {"t1"}  # t2 is recomputed by the backward kernel, never saved
@@ -264,7 +248,7 @@ def test_interpreted_backward_is_deterministic_and_leaves_saved_alone(twin):
 
 @needs_triton
 def test_interpreted_stages(twin):
-    x, params, _ = _inputs((2, 3, 4, 7, 6, 3), 1, seed=9)
+    x, params, _ = layer_inputs((2, 3, 4, 7, 6, 3), 1, seed=9)
     prepared = twin.prepare(params)
     stages = twin.stages(x, prepared, 1)
     assert set(stages) == {"lateral", "vertical+horizontal"}
@@ -273,7 +257,7 @@ def test_interpreted_stages(twin):
     torch.testing.assert_close(t1, ref_t1)
     y = stages["vertical+horizontal"]()
     torch.testing.assert_close(y, twin.forward(x, prepared, 1))
-    _assert_close({"stage": verify.relative_error(y, reference.forward(x, params, 1))}, torch.float32, "stage")
+    assert_close({"stage": verify.relative_error(y, reference.forward(x, params, 1))}, torch.float32, "stage")
 
 
 @needs_triton
@@ -397,8 +381,8 @@ def test_default_tiles_of_the_benchmark_layers_do_not_spill(kernel, kind):
 def test_gpu_matches_oracle(dtype):
     impl = impls.get("triton_fused")
     for seed, (shape, p) in enumerate(CASES + [((4, 16, 24, 33, 70, 3), 1), ((2, 8, 8, 140, 9, 5), 2), ((1, 2, 3, 20, 300, 7), 3)]):
-        x, params, gy = _inputs(shape, p, dtype, "cuda", seed)
-        _assert_close(verify.check(impl, x, params, p, gy), dtype, f"{shape} padding {p}")
+        x, params, gy = layer_inputs(shape, p, dtype, "cuda", seed)
+        assert_close(verify.check(impl, x, params, p, gy), dtype, f"{shape} padding {p}")
 
 
 @needs_gpu
@@ -409,12 +393,12 @@ def test_gpu_benchmark_layer_matches_oracle_and_interpreter_tiles():
     from impls.triton_fused._launch import Tile
 
     impl = impls.get("triton_fused")
-    x, params, gy = _inputs((8, 64, 64, 32, 32, 3), 1, torch.float32, "cuda", seed=1)
-    _assert_close(verify.check(impl, x, params, 1, gy), torch.float32, "benchmark-sized layer")
+    x, params, gy = layer_inputs((8, 64, 64, 32, 32, 3), 1, torch.float32, "cuda", seed=1)
+    assert_close(verify.check(impl, x, params, 1, gy), torch.float32, "benchmark-sized layer")
     tiles = {"forward": Tile(2, 4, 3, 1, 2), "backward": Tile(2, 4, 3, 1, 1)}
     gpu = TritonFused(tiles=tiles)
     cpu = TritonFused(interpret=True, tiles=tiles)
-    x, params, gy = _inputs((1, 3, 3, 10, 11, 3), 1, torch.float32, "cpu", seed=2)
+    x, params, gy = layer_inputs((1, 3, 3, 10, 11, 3), 1, torch.float32, "cpu", seed=2)
     y_cpu, s_cpu = cpu.forward_train(x, cpu.prepare(params), 1)
     y_gpu, s_gpu = gpu.forward_train(x.cuda(), gpu.prepare(params.to("cuda")), 1)
     torch.testing.assert_close(y_gpu.cpu(), y_cpu, rtol=1e-5, atol=1e-6)
@@ -427,7 +411,7 @@ def test_gpu_benchmark_layer_matches_oracle_and_interpreter_tiles():
 @pytest.mark.gpu
 def test_gpu_no_host_sync_and_stages():
     impl = impls.get("triton_fused")
-    x, params, gy = _inputs((2, 8, 8, 16, 16, 3), 1, torch.float32, "cuda", seed=4)
+    x, params, gy = layer_inputs((2, 8, 8, 16, 16, 3), 1, torch.float32, "cuda", seed=4)
     prepared = impl.prepare(params)
     impl.backward(impl.forward_train(x, prepared, 1)[1], gy)  # compile outside the check
     torch.cuda.synchronize()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
-import sys
 import threading
 
 ISAS = {"baseline": 0, "avx2": 1, "avx512": 2}
