@@ -573,23 +573,31 @@ def _median_time(bench, seconds):
     return statistics.median(timing.call_times(bench, timing.StopRule(min_time=seconds, max_time=seconds))[0])
 
 
+def _slowdown_after(d, ort_case, row):
+    """Median time of openmp_fused right after 10 runs of `ort_case`, over its median
+    before them, alternating 5 times (a slow stretch of the machine hits both alike)."""
+    ort = d.set_up(ort_case)[0]
+    fused = d.set_up(cases.Case("openmp_fused", "cpu", "paper", row))[0]
+    before, after = [], []
+    for _ in range(5):
+        before.append(_median_time(fused, 0.1))
+        for _ in range(10):
+            ort.call()
+        after.append(_median_time(fused, 0.1))
+    return statistics.median(after) / statistics.median(before)
+
+
 def test_a_case_timed_after_onnxruntime_is_not_slowed_by_its_thread_pool():
-    """ONNX Runtime's workers spin after a run by default and slowed whatever ran next
-    (enough to reverse a ranking); the suite's sessions do not spin, and every runtime
-    gets the case's thread count. A case timed right after ONNX Runtime's runs as fast as
-    alone, within noise (spinning cost 2-3x here)."""
+    """ONNX Runtime's workers can spin after a run and slowed whatever ran next (enough to
+    reverse a ranking); the suite's sessions do not spin, and every runtime gets the
+    case's thread count. A case timed right after ONNX Runtime's runs as fast as alone,
+    within noise. (With both of its pools set to spin, the same measurement gave 1.54x
+    on the 2-core machine; docs/DESIGN.md, "Measured pitfalls".)"""
     reason = impls.get("onnxruntime").unavailable_reason("cpu")
     if reason is not None:
         pytest.skip(reason)
     row = tables.find("paper", "c64-n64-s32-k3")
     d = driver.Driver(driver.Settings(threads=2))
-    after_ort, alone = [], []
-    ort = d.set_up(cases.Case("onnxruntime", "cpu", "paper", row))[0]
-    fused = d.set_up(cases.Case("openmp_fused", "cpu", "paper", row))[0]
-    assert ort.impl.runtime_info()["session_options"]["session.intra_op.allow_spinning"] == "0"
-    for _ in range(5):  # alternate, so a slow stretch of the machine hits both alike
-        alone.append(_median_time(fused, 0.1))
-        for _ in range(10):
-            ort.call()
-        after_ort.append(_median_time(fused, 0.1))
-    assert statistics.median(after_ort) < 1.25 * statistics.median(alone), (after_ort, alone)
+    quiet = _slowdown_after(d, cases.Case("onnxruntime", "cpu", "paper", row), row)
+    assert impls.get("onnxruntime").runtime_info()["session_options"]["session.intra_op.allow_spinning"] == "0"
+    assert quiet < 1.25
