@@ -122,7 +122,9 @@ class Driver:
                 extra.update(time_graph_median=graph, graph_note=note, time_cold_median=timing.cold_median(bench),
                              tf32=gpu_state.tf32_flags())
             extra["peak_bytes"], extra["peak_method"] = memory.peak_bytes(bench)
-            extra["kernels"] = profiling.kernels_ran(bench)
+            said: list[str] = []
+            extra["kernels"] = profiling.kernels_ran(bench, log=said)
+            extra["profiler_log"] = said or None
         except Exception as e:  # noqa: BLE001 - out of memory, a kernel fault: record and go on
             return self.failed(case, e, bench)
         return self.record(case, status="ok", stats=stats, bench=bench, **extra)

@@ -115,6 +115,7 @@ class Record:
     energy_mj: float | None = _field("GPU: millijoules per call (NVML's energy counter over the timed calls)")
     energy_note: str | None = _field("GPU: why energy_mj is null")
     kernels: list | None = _field("what one call ran (profiler names), most expensive first")
+    profiler_log: list | None = _field("what the profiler printed while it ran, its start/stop notes left out")
     # ---- the model table
     network: str | None = _field("model table: `baseline` or `flattened` network")
     conv_params: int | None = _field("model table: parameters of the network's convolutions")
