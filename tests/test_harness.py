@@ -364,6 +364,16 @@ def test_cpu_peak_memory_sees_a_large_allocation():
     assert peak >= 0.9 * big, (peak, method)
 
 
+def test_what_is_said_on_stderr_while_profiling_is_kept_but_for_kinetos_notes(capfd):
+    from bench import profiling
+
+    with profiling.quiet_stderr() as said:
+        os.write(2, b"USDT:2026-12-01 20:07:50 1856:1856 SyncActivityProfilerHandler.cpp:52] profiler_start\n")
+        os.write(2, b"warning: something worth keeping\n")
+    assert said.lines == ["warning: something worth keeping"]
+    assert capfd.readouterr().err == ""
+
+
 def test_the_profiler_says_nothing_into_the_output(capfd):
     rec = _driver().measure(_case())
     assert rec["kernels"]  # the profiler ran
