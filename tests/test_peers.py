@@ -215,12 +215,12 @@ ODD_CASES = [
 
 @pytest.mark.parametrize("shape,padding,dtype", ODD_CASES, ids=[f"{s}-p{p}-{d}" for s, p, d in ODD_CASES])
 def test_registered_torch_compile_on_odd_shapes(shape, padding, dtype):
-    from test_correctness import _assert_close, _inputs
+    from _support import assert_close, layer_inputs
     from impls import verify
 
     impl = _available("torch_compile")
-    x, params, gy = _inputs(shape, padding, dtype, "cpu", seed=7)
-    _assert_close(verify.check(impl, x, params, padding, gy), dtype, f"torch_compile {shape} p={padding}")
+    x, params, gy = layer_inputs(shape, padding, dtype, "cpu", seed=7)
+    assert_close(verify.check(impl, x, params, padding, gy), dtype, f"torch_compile {shape} p={padding}")
 
 
 # ---- ONNX Runtime's session ------------------------------------------------------------
