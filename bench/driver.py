@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -40,6 +41,9 @@ class Settings:
     rule: timing.StopRule = timing.StopRule()
     interleave: int = 1  # passes; > 1 measures the implementations of a layer together
     remeasure: bool = False  # measure flagged cases once more at the end of the run
+    # ... worst first, for at most this share of the first pass's time: on a machine that
+    # was slow throughout, everything is flagged, and measuring it all twice buys little.
+    remeasure_budget: float = 0.3
     isolate: bool = False  # each group of cases in a fresh subprocess
     graph: bool = True  # GPU: kernel-only time by CUDA-graph replay
     seed: int = 0  # of the pass order
@@ -247,9 +251,11 @@ class Driver:
     def run(self, cases: Iterable) -> Iterator[dict]:
         """Measure `cases`, writing and yielding each record as its case (or interleaved
         group) ends. Cases the results file already holds as ok (resume) are left out. With
-        `remeasure`, every group with a flagged case is measured once more at the end."""
+        `remeasure`, the groups with a flagged case are measured once more at the end,
+        worst first, within `remeasure_budget` of the first pass's time."""
         todo = [c for c in cases if c.id not in self.writer.done]
         first = {}
+        start = time.perf_counter()
         for group in groups(todo, self.settings.interleave > 1):
             for rec in self._measure_group(group):
                 rec["attempt"] = 1
@@ -258,14 +264,20 @@ class Driver:
                 yield rec
         if not self.settings.remeasure:
             return
+        deadline = time.perf_counter() + self.settings.remeasure_budget * (time.perf_counter() - start)
         best = best_probes(first.values())
-        flagged = {c.id for c in todo if first.get(c.id, {}).get("status") == "ok"
-                   and schema.quality_flags(first[c.id], best.get(first[c.id]["machine"].get("threads")))}
+
+        def worst_flag(case) -> float:
+            rec = first.get(case.id, {})
+            flags = schema.quality_flags(rec, best.get((rec.get("machine") or {}).get("threads")))
+            return max((size for _, size in flags), default=0.0)
+
         # A flagged case is measured again with the cases it is compared with (its group),
-        # so that its ratios still come from one interleaved measurement.
-        for group in groups(todo, self.settings.interleave > 1):
-            if not any(c.id in flagged for c in group):
-                continue
+        # so that its ratios still come from one interleaved measurement; worst groups first.
+        flagged = [(max(map(worst_flag, g)), g) for g in groups(todo, self.settings.interleave > 1)]
+        for worst, group in sorted(flagged, key=lambda wg: -wg[0]):
+            if worst == 0.0 or time.perf_counter() > deadline:
+                break
             group = [c for c in group if first.get(c.id, {}).get("status") == "ok"]
             for rec in self._measure_group(group):
                 earlier = first[rec["case"]]
