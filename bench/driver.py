@@ -101,7 +101,8 @@ class Driver:
         return self._nvml
 
     def timed(self, case, bench, time_fn: Callable[[object], dict]) -> dict:
-        """Time `bench` with `time_fn(bench) -> stats` between the machine-state readings."""
+        """Time `bench` with `time_fn(bench) -> stats` between the machine-state readings;
+        the stats, or (`status` in it) the failed record."""
         on_gpu = case.device == "cuda"
         try:
             use, probe = probes.CpuUse(), [probes.compute_probe(case.device)]
@@ -115,7 +116,7 @@ class Driver:
         stats.update(probes.conditions(use, probe))
         if on_gpu:
             stats.update(gpu_state.case_fields(self._gpu(), state0, state1, stats.get("rounds")))
-        return self.finish(case, bench, stats)
+        return stats
 
     def finish(self, case, bench, stats: dict) -> dict:
         """The record of a timed case, with its GPU views, peak memory and kernels."""
@@ -133,17 +134,18 @@ class Driver:
             return self.failed(case, e, bench)
         return self.record(case, status="ok", stats=stats, bench=bench, **extra)
 
-    def _with_compile_check(self, case, bench, before, after_setup, rec: dict) -> dict:
-        """compile_seconds of the set-up, and a failure when the implementation compiled
-        again while it was timed (the time would include the compiler)."""
+    def done(self, case, bench, stats: dict, before: dict | None, after_setup: dict | None) -> dict:
+        """The record of a case timed between the compile counters `after_setup` and now:
+        failed when the implementation compiled while it was timed (the time would include
+        the compiler), else finished, with compile_seconds of its set-up."""
         now = _compile_stats(bench.impl)
-        if after_setup is None or now is None or rec["status"] != "ok":
-            return rec
-        if now["compilations"] > after_setup["compilations"]:
+        if now is not None and after_setup is not None and now["compilations"] > after_setup["compilations"]:
             return self.record(case, status="failed", bench=bench,
                                reason=f"{case.impl} compiled {now['compilations'] - after_setup['compilations']} "
                                       "time(s) while timed: the time would include the compiler")
-        rec["compile_seconds"] = after_setup["compile_seconds"] - (before or {"compile_seconds": 0.0})["compile_seconds"]
+        rec = self.finish(case, bench, stats)
+        if after_setup is not None and rec["status"] == "ok":
+            rec["compile_seconds"] = after_setup["compile_seconds"] - (before or {"compile_seconds": 0.0})["compile_seconds"]
         return rec
 
     # ------------------------------------------------------------------ measuring
@@ -153,7 +155,8 @@ class Driver:
         if rec is not None:
             return rec
         after_setup = _compile_stats(bench.impl)
-        return self._with_compile_check(case, bench, before, after_setup, self.timed(case, bench, time_fn))
+        stats = self.timed(case, bench, time_fn)
+        return stats if "status" in stats else self.done(case, bench, stats, before, after_setup)
 
     def measure(self, case) -> dict:
         """One case with the harness's timer, then a shorter second timing that shows
@@ -226,8 +229,7 @@ class Driver:
             stats.update(probes.conditions(use[i], probe))
             if device == "cuda":
                 stats.update(gpu_state.case_fields(self._gpu(), states["before"], states["after"], len(pooled)))
-            rec = self.finish(cases[i], benches[i], stats)
-            out[i] = self._with_compile_check(cases[i], benches[i], *compile_marks[i], rec)
+            out[i] = self.done(cases[i], benches[i], stats, *compile_marks[i])
         return [out[i] for i in range(len(cases))]
 
     @staticmethod
