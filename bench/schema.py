@@ -132,6 +132,7 @@ class Record:
 MACHINE_FIELDS = {
     "host": "host name", "platform": "OS and kernel", "python": "Python version",
     "cpu_model": "CPU model", "cpu_isa": "widest vector instruction set of the CPU (avx512, avx2, ...)",
+    "cpu_family_model": "x86 family/model of the CPU (25/1 is Zen 3): a VM's model name often hides it",
     "cpu_cores_physical": "physical cores", "cpu_cores_logical": "logical cores", "cpu_freq_mhz": "CPU MHz (max)",
     "memory_bytes": "memory", "gpu_name": "GPU", "gpu_driver": "GPU driver", "gpu_memory_bytes": "GPU memory",
     "gpu_clocks": "GPU clocks (MHz)", "torch_version": "torch", "cuda_version": "CUDA (torch's)",
@@ -156,6 +157,12 @@ def upgrade(record: dict) -> dict:
     if version < 2:
         rec.setdefault("baseline", rec.get("impl") == "dense")
         rec.setdefault("role", "baseline" if rec["baseline"] else None)
+        # the instruction set, where the C extension said which ones the CPU has
+        supported = (rec.get("runtime") or {}).get("isa_supported") if isinstance(rec.get("runtime"), dict) else None
+        machine = rec.get("machine")
+        isa = next((i for i in ("avx512", "avx2") if i in (supported or ())), None)
+        if isa and isinstance(machine, dict) and "cpu_isa" not in machine:
+            rec["machine"] = {**machine, "cpu_isa": isa}
     rec["schema_version"] = version
     return rec
 

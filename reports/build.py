@@ -64,7 +64,7 @@ def _machine_descriptions(df: pd.DataFrame) -> dict[str, str]:
         if last("cpu_model"):
             cores = last("cpu_cores_logical")
             threads = last("torch_threads")
-            cpu = str(last("cpu_model")) + (f" ({last('cpu_isa')})" if last("cpu_isa") else "")
+            cpu = str(last("cpu_model"))  # the instruction set is in the machine's name
             if cores is not None:
                 cpu += f", {int(cores)} logical cores"
             if threads is not None:

@@ -361,6 +361,15 @@ def load(inputs: list[Path] | None = None) -> Inputs:
     )
 
 
+def machine_name(host, cpu_isa=None, family_model=None) -> str:
+    """A machine as the report names it: its host, and what tells machines of one host
+    name apart (virtual machines are often all called "vm"): the instruction set and the
+    CPU's family/model."""
+    name = str(host) if isinstance(host, str) and host else "unknown machine"
+    tags = [str(t) for t in (cpu_isa, family_model) if isinstance(t, str) and t]
+    return f"{name} ({', '.join(tags)})" if tags else name
+
+
 def tidy(df: pd.DataFrame) -> pd.DataFrame:
     """Deduplicate, fill what can be derived, and add the comparison columns."""
     for column in RECORD_COLUMNS + MACHINE_COLUMNS + ["source"]:
@@ -392,7 +401,8 @@ def tidy(df: pd.DataFrame) -> pd.DataFrame:
     # Machine metadata: copy within a run to records that lack it.
     machine_cols = [c for c in df.columns if c.startswith("machine_")]
     df[machine_cols] = df.groupby("run_id")[machine_cols].transform(lambda s: s.ffill().bfill())
-    df["machine"] = df["machine_host"].where(df["machine_host"].notna(), "unknown machine").astype(str)
+    df["machine"] = [machine_name(h, i, fm) for h, i, fm in
+                     zip(df["machine_host"], df["machine_cpu_isa"], df["machine_cpu_family_model"])]
     df["status"] = df["status"].fillna(
         pd.Series(["ok" if t == t else "failed" for t in df["time_median"]], index=df.index))
     df["device"] = df["device"].fillna("unknown")

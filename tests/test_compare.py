@@ -84,7 +84,7 @@ def test_one_case_twice_as_slow_fails_and_is_named(tmp_path, capsys):
     status, out, err = _run(capsys, old, new)
     assert status == 1, out + err
     slower = [line for line in out.splitlines() if line.startswith("slower:")]
-    assert len(slower) == 1 and slower[0].startswith(f"slower: {SLOW} on ci-epyc: 2.00×")
+    assert len(slower) == 1 and slower[0].startswith(f"slower: {SLOW} on ci-epyc (avx2): 2.00×")
     assert "p < 1e-4" in slower[0]  # 41 raw times on each side, all of NEW's above OLD's
     assert "1 slower, 0 faster" in out
     # the other way round it got faster, which never fails the gate
@@ -171,7 +171,7 @@ def test_machines_are_matched(tmp_path, capsys):
     status, out, err = _run(capsys, both, slower)
     assert status == 1
     assert [line for line in out.splitlines() if line.startswith("slower:")] == [
-        line for line in out.splitlines() if line.startswith(f"slower: {SLOW} on ci-xeon: 2.00×")]
+        line for line in out.splitlines() if line.startswith(f"slower: {SLOW} on ci-xeon (avx512): 2.00×")]
     timed = sum(r["status"] == "ok" for f in ("cpu-epyc-v2.jsonl", "cpu-xeon-v2.jsonl") for r in _records(f))
     assert f"{timed - 1} cases compared" in out
     # several machines on one side, one on the other: only that machine's cases pair up
@@ -179,7 +179,7 @@ def test_machines_are_matched(tmp_path, capsys):
     assert status == 0 and "only in OLD" in out and "ci-xeon" not in out.split("cases compared")[0]
     # one machine each, two different machines: compared, and said so
     status, out, err = _run(capsys, epyc, xeon, "--threshold", "1000")
-    assert status == 0 and "ci-epyc → ci-xeon" in out and "compare the machines as much as the code" in out
+    assert status == 0 and "ci-epyc (avx2) → ci-xeon (avx512)" in out and "compare the machines as much as the code" in out
 
 
 def _asv_commit(root: Path, out: Path, commit: str, samples: bool = True) -> Path:

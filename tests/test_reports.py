@@ -384,7 +384,7 @@ def test_browser_renders_page(full, tmp_path):
     times = {r["impl"]: r["time_median"] for r in _records("cpu-xeon-v2.jsonl")
              if r["shape"] == "c64-n64-s32-k3" and r["direction"] == "forward" and r["status"] == "ok"}
     best = min((t, i) for i, t in times.items() if i != "dense")
-    rows = summary[summary.index("| ci-xeon | paper:"):]  # the machine's rows of the table
+    rows = summary[summary.index("| ci-xeon (avx512) | paper:"):]  # the machine's rows of the table
     row = rows[rows.index("paper:c64-n64-s32-k3 | forward |"):][:400]
     assert f"| {best[1]} |" in row and f"| {times['dense'] / best[0]:.2f}× [" in row, row
 
@@ -460,7 +460,7 @@ def test_current_schema_report(current):
         assert any(name in src for src in page.images), name
     cpu = _text(_section(text, "cpu"))
     assert "Machines side by side (CPU)" in cpu
-    assert "ci-epyc (AMD EPYC 7763 64-Core Processor (avx2)" in cpu
+    assert "ci-epyc (avx2) (AMD EPYC 7763 64-Core Processor, 16 logical cores" in cpu
     assert "No GPU results" not in _section(text, "gpu")
 
 
@@ -468,13 +468,13 @@ def test_quality_flags_wide_intervals_throttling_and_slow_periods(current):
     index, text, page, problems = current
     section = _text(_section(text, "quality"))
     assert "3 of 310 timed cases are flagged" in section
-    assert re.search(r"ci-epyc \| cpu \| torch_compile \| paper:c128-n128-s16-k3 \| train \| [^|]+ \| "
+    assert re.search(r"ci-epyc \(avx2\) \| cpu \| torch_compile \| paper:c128-n128-s16-k3 \| train \| [^|]+ \| "
                      r"95% interval ±\d+\.\d% of the median", section), section
     hot = next(r for r in _records("gpu-h200-v2.jsonl") if r["throttled"])
     assert hot["case"] == "cupy_fused/cuda/paper:c3-n64-s32-k5/float32/train"
-    assert (f"gpu-h200-1 | cuda | cupy_fused | paper:c3-n64-s32-k5 | train | {hot['time_median'] * 1e6:.3g} µs | "
+    assert (f"gpu-h200-1 (avx512) | cuda | cupy_fused | paper:c3-n64-s32-k5 | train | {hot['time_median'] * 1e6:.3g} µs | "
             f"GPU throttled (SM clock down to 1410 MHz)") in section
-    assert "ci-xeon | cpu | openmp | paper:c32-n32-s64-k5 | backward" in section
+    assert "ci-xeon (avx512) | cpu | openmp | paper:c32-n32-s64-k5 | backward" in section
     # the first attempt of the re-measured case (slow, its repeat 30% away) is no longer there
     assert "paper:c64-n64-s32-k3 | forward" not in section
 
