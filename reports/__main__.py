@@ -1,10 +1,12 @@
 """python -m reports build [RESULTS ...] [--out DIR]: results -> results.csv, figures, index.html.
 python -m reports compare OLD NEW [--threshold F] [--alpha P] [--format F]: did NEW get slower?
+python -m reports agree A B [--within F]: do two sweeps of one machine repeat each other?
 
 Exit status of build: 0 built; 1 nothing could be read from the inputs, or the build
 failed; 2 bad arguments or a results path that does not exist. Of compare: 0 no case
 slower; 1 some case slower than the threshold; 2 bad arguments or nothing to compare.
-Errors are one line on stderr, never a traceback.
+Of agree: 0 printed; 2 bad arguments or nothing to compare. Errors are one line on
+stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -44,7 +46,24 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--format", choices=["terminal", "markdown", "csv"], default="terminal",
                    help="the table as aligned text (default), markdown, or CSV (the verdict lines then go "
                         "to stderr)")
+    a = sub.add_parser("agree", help="how well two sweeps of one machine agree (speedups, flagged cases)")
+    a.add_argument("a", type=Path, help="one sweep's results file or folder")
+    a.add_argument("b", type=Path, help="the other's")
+    a.add_argument("--within", type=float, default=0.10, help="speedups agree when they differ by at most this "
+                                                               "(default 0.10)")
     return parser
+
+
+def _agree(args) -> int:
+    from .agree import AgreeError, agree, render
+
+    try:
+        summary, pairs = agree(args.a, args.b, args.within)
+    except AgreeError as exc:
+        print(f"python -m reports agree: error: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(render(summary, pairs))
+    return 0
 
 
 def _build(args) -> int:
@@ -90,12 +109,12 @@ def _compare(args) -> int:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    run = _build if args.command == "build" else _compare
+    run = {"build": _build, "compare": _compare, "agree": _agree}[args.command]
     try:
         return run(args)
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback; compare's 1 means "slower"
         print(f"python -m reports {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2 if args.command == "compare" else 1
+        return 1 if args.command == "build" else 2
 
 
 if __name__ == "__main__":

@@ -244,3 +244,23 @@ def test_cli_in_a_process(tmp_path):
     result = subprocess.run([sys.executable, "-m", "reports", "compare", str(FIXTURES / "cpu-epyc-v2.jsonl"),
                              str(new)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and f"slower: {SLOW}" in result.stdout, result.stderr
+
+
+def _agree(capsys, *argv):
+    status = main(["agree", *map(str, argv)])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_agree_counts_repeating_speedups_and_names_the_one_that_moved(tmp_path, capsys):
+    epyc = FIXTURES / "cpu-epyc-v2.jsonl"
+    status, out, _ = _agree(capsys, str(epyc), str(epyc))
+    pairs = int(out.split(" of ")[1].split(" ")[0])
+    assert status == 0 and out.startswith(f"speedups over the baseline that agree within 10%: {pairs} of {pairs} (100%)")
+    moved = _write(tmp_path / "moved.jsonl", _slower(_records("cpu-epyc-v2.jsonl"), SLOW, 2.0))
+    status, out, _ = _agree(capsys, str(epyc), str(moved))
+    assert status == 0 and f"agree within 10%: {pairs - 1} of {pairs}" in out
+    worst = out.split("largest disagreements:\n")[1].splitlines()[0].split()
+    assert worst[:3] == ["openmp", "paper:c64-n64-s32-k3", "forward"] and worst[-1] == "(-50%)"
+    status, _, err = _agree(capsys, str(epyc), str(tmp_path / "nowhere.jsonl"))
+    assert status == 2 and "no such file" in err
