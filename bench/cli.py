@@ -99,19 +99,19 @@ def _run(cases, settings_list, results, args) -> int:
     writer = ResultsWriter(results, resume=args.resume)
     if writer.done:
         print(f"resuming {results}: {len(writer.done)} cases already measured there are skipped")
-    out, start, best_probe = [], time.perf_counter(), {}
+    out, start, probes_of = [], time.perf_counter(), {}
     total = sum(c.id not in writer.done for c in cases) * len(settings_list)
     for settings in settings_list:
         for rec in driver.Driver(settings, writer).run(cases):
             out.append(rec)
             threads = rec["machine"].get("threads")
             if rec.get("probe_gflops"):
-                best_probe[threads] = max(best_probe.get(threads, 0.0), rec["probe_gflops"])
+                probes_of.setdefault(threads, []).append(rec["probe_gflops"])
             note = _fmt_time(rec.get("time_median")) if rec["status"] == "ok" else f"{rec['status']}: {rec['reason']}"
             again = f" (attempt {rec['attempt']})" if (rec.get("attempt") or 1) > 1 else ""
             print(f"[{len(out)}/{total} {time.perf_counter() - start:6.1f}s] {rec['case']}"
                   f"{' threads=' + str(threads) if settings.threads else ''}{again}  {note}"
-                  f"{_slow_period(rec, best_probe.get(threads))}", flush=True)
+                  f"{_slow_period(rec, schema.reference_probe(probes_of.get(threads, [])))}", flush=True)
     latest = {}
     for rec in out:  # a re-measured case: its latest attempt
         latest[(rec["case"], rec["machine"].get("threads"))] = rec
@@ -141,13 +141,13 @@ def _fmt_time(seconds) -> str:
     return f"{seconds * 1e3:9.3f} ms" if seconds >= 1e-4 else f"{seconds * 1e6:9.1f} us"
 
 
-def _slow_period(rec, best_probe=None) -> str:
-    """A warning for a CPU case timed while the cores were slow: the compute probe taken
-    around it ran 8% or more below the best of the run so far."""
+def _slow_period(rec, reference=None) -> str:
+    """A warning for a CPU case timed while the cores were slow: its compute probe ran
+    more than schema.SLOW_PROBE below the run's reference so far."""
     probe = rec.get("probe_gflops")
-    if rec.get("device") != "cpu" or not probe or not best_probe or probe >= (1 - schema.SLOW_PROBE) * best_probe:
+    if rec.get("device") != "cpu" or not probe or not reference or probe >= (1 - schema.SLOW_PROBE) * reference:
         return ""
-    return f"  [slow period: compute probe {1 - probe / best_probe:.0%} below the run's best]"
+    return f"  [slow period: compute probe {1 - probe / reference:.0%} below the run's reference]"
 
 
 def _print_table(results, baseline):
@@ -162,8 +162,8 @@ def _print_table(results, baseline):
     for r in sorted((r for r in results if r["status"] == "ok"), key=lambda r: (key(r), r["impl"])):
         b = base.get(key(r))
         if b:
-            low, high, _ = intervals.ratio_of(b, r)
-            shown = f"{b['time_median'] / r['time_median']:6.2f}" + (f" [{low:.2f}, {high:.2f}]" if low == low else "")
+            value, low, high, _ = intervals.ratio(b, r)
+            shown = f"{value:6.2f}" + (f" [{low:.2f}, {high:.2f}]" if low == low else "")
         else:
             shown = "-"
         rep = r.get("time_repeat_median")

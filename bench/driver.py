@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import random
 import signal
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -47,6 +49,11 @@ class Settings:
     isolate: bool = False  # each group of cases in a fresh subprocess
     graph: bool = True  # GPU: kernel-only time by CUDA-graph replay
     seed: int = 0  # of the pass order
+
+
+# Seconds of one case in one interleaved pass: short, so that the passes of a group sample
+# the machine's fast and slow stretches alike for every case (measure_interleaved).
+PASS_TIME = 0.02
 
 
 def reset_after_error(device: str) -> None:
@@ -172,13 +179,20 @@ class Driver:
 
     def measure_interleaved(self, cases: list) -> list[dict]:
         """Cases compared with each other (the implementations of one layer and direction)
-        in shuffled passes, their calls pooled: Google Benchmark's random interleaving. A
-        machine that slows down for a while slows every case of the group alike, so their
-        ratios hold. `interleave` passes at least, each timing every case for 1/passes of
-        the rule's minimum time; cases whose interval is still wider than the rule's
-        target get more passes while their time cap allows. Records carry the pass
-        medians; time_repeat_median is the median of the later half of the passes."""
-        passes, rule = self.settings.interleave, self.settings.rule
+        in many short shuffled passes: Google Benchmark's random interleaving. Each pass
+        times every active case for PASS_TIME (one call at least); a case stays active
+        for `interleave` passes, and min_time / PASS_TIME within its time cap, then until the 95%
+        interval of its median (over all its calls) is within the rule's target or its
+        time cap is spent, and never comes back: each case's passes are a prefix of the
+        group's, so pass i of two records is the same round (`interleave_group` names the
+        measurement). On the shared machines this suite meets, the ratio of two
+        implementations moves by about 10% from one 10 ms stretch to the next; the
+        median of their per-pass ratios (bench.intervals.paired_ratio) then repeats,
+        where a ratio of pooled medians over a few long passes did not (see
+        docs/DESIGN.md, "How a number is measured"). time_repeat_median is the median of
+        the later half of the passes."""
+        rule = self.settings.rule
+        asked, min_passes = self.settings.interleave, math.ceil(rule.min_time / PASS_TIME - 1e-9)
         out: dict[int, dict] = {}
         benches, compile_marks = {}, {}
         for i, case in enumerate(cases):
@@ -197,15 +211,11 @@ class Driver:
         probe = [probes.compute_probe(device)]
         if device == "cuda":
             states["before"] = self._gpu().read()
-        per_pass = rule.scaled(1 / passes)
-        one_pass = dataclasses.replace(per_pass, rel_ci=None, min_rounds=3, max_time=per_pass.min_time)
-        n = 0
-        while True:
-            todo = [i for i in runs if i not in out and self._wants_more(runs[i], spent[i], n, passes, rule)]
-            if not todo:
-                break
-            rng.shuffle(todo)
-            for i in todo:
+        one_pass = timing.StopRule(min_time=PASS_TIME, max_time=PASS_TIME, rel_ci=None, min_rounds=1)
+        active = list(runs)
+        while active:
+            rng.shuffle(active)
+            for i in active:
                 try:
                     with use[i]:
                         times, _ = timing.call_times(benches[i], one_pass)
@@ -213,10 +223,11 @@ class Driver:
                     spent[i] += sum(times)
                 except Exception as e:  # noqa: BLE001
                     out[i] = self.failed(cases[i], e, benches[i])
-            n += 1
+            active = sorted(i for i in active if i not in out and self._wants_more(runs[i], spent[i], asked, min_passes, rule))
         probe.append(probes.compute_probe(device))
         if device == "cuda":
             states["after"] = self._gpu().read()
+        group_id = uuid.uuid4().hex[:12]
         for i, passes_of in runs.items():
             if i in out:
                 continue
@@ -224,6 +235,7 @@ class Driver:
             stats = timing.summarize(pooled)
             stats["time_repeat_median"] = statistics.median([t for run in passes_of[len(passes_of) // 2:] for t in run])
             stats["interleave_passes"] = len(passes_of)
+            stats["interleave_group"] = group_id
             stats["time_pass_medians"] = [statistics.median(run) for run in passes_of]
             stats["stop_rule"] = self._why_stopped(pooled, spent[i], rule)
             stats.update(probes.conditions(use[i], probe))
@@ -233,10 +245,16 @@ class Driver:
         return [out[i] for i in range(len(cases))]
 
     @staticmethod
-    def _wants_more(runs: list, spent: float, done_passes: int, passes: int, rule: timing.StopRule) -> bool:
-        if done_passes < passes:
+    def _wants_more(runs: list, spent: float, asked: int, min_passes: int, rule: timing.StopRule) -> bool:
+        """`asked` passes (--interleave) whatever they cost; min_passes (min_time's worth)
+        and the interval target within the time cap."""
+        if len(runs) < asked:
             return True
-        if rule.rel_ci is None or spent >= rule.max_time:
+        if spent >= rule.max_time:
+            return False
+        if len(runs) < min_passes:
+            return True
+        if rule.rel_ci is None:
             return False
         return timing.relative_halfwidth([t for run in runs for t in run]) > rule.rel_ci
 

@@ -13,12 +13,18 @@ The interval of ratio = median(a) / median(b):
   approximate one of a box plot's notch, median ± 1.58 IQR / sqrt(rounds) (McGill, Tukey
   and Larsen 1978), and the ratio's interval says "notch";
 - otherwise no interval (NaN): the ratio is shown bare and never read as a difference.
+
+Two cases timed in the same interleaved passes (one `interleave_group`) are compared pass
+by pass instead (`ratio`, `paired_ratio`): the ratio is the median of their per-pass
+ratios, its interval that median's order-statistic one.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import statistics
 
 import numpy as np
 
@@ -52,6 +58,68 @@ def samples(value) -> np.ndarray | None:
     xs = np.asarray(xs, dtype=float)
     xs = xs[np.isfinite(xs) & (xs > 0)]
     return xs if len(xs) >= MIN_SAMPLES else None
+
+
+def median_ci(times: list[float], confidence: float = 0.95) -> tuple[float, float] | tuple[None, None]:
+    """Distribution-free interval of the median from order statistics: the j-th and k-th
+    smallest values, j and k the binomial(n, 1/2) quantiles that enclose `confidence`.
+    (None, None) below 6 values, where no such pair reaches 95%."""
+    n = len(times)
+    if n < 6:
+        return None, None
+    s = sorted(times)
+    j = _lower_rank(n, (1 - confidence) / 2)
+    return s[j], s[n - 1 - j]
+
+
+@functools.lru_cache(maxsize=4096)
+def _lower_rank(n: int, tail: float) -> int:
+    """The largest 0-based j with P(Binomial(n, 1/2) <= j) <= tail."""
+    if n > 1000:  # normal approximation, exact to a rank at these sizes
+        return max(0, int(math.floor(n / 2 - 1 - statistics.NormalDist().inv_cdf(1 - tail) * math.sqrt(n) / 2)))
+    total, cdf, j = 2.0 ** n, 0.0, -1
+    for i in range(n + 1):
+        cdf += math.comb(n, i) / total
+        if cdf > tail:
+            break
+        j = i
+    return max(j, 0)
+
+
+MIN_PAIRED_PASSES = 6  # the fewest pass ratios whose median has a 95% interval
+
+
+def _passes(value) -> list[float] | None:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    if not isinstance(value, (list, tuple, np.ndarray)):
+        return None
+    return [float(v) for v in value]
+
+
+def paired_ratio(a, b) -> tuple[float, float, float] | None:
+    """(ratio, low, high) of a's time / b's from the passes in which both were timed, for
+    two records of one interleaved measurement (the same `interleave_group`): the median
+    of the per-pass ratios of their pass medians, with its order-statistic 95% interval.
+    The two saw the same stretches of the machine pass by pass, so this ratio repeats far
+    better than one of pooled medians, whose mix of fast and slow stretches differs from
+    case to case. None when the records are not paired or share fewer than
+    MIN_PAIRED_PASSES passes."""
+    group = a.get("interleave_group")
+    if not isinstance(group, str) or not group or group != b.get("interleave_group"):
+        return None
+    pa, pb = _passes(a.get("time_pass_medians")), _passes(b.get("time_pass_medians"))
+    if not pa or not pb:
+        return None
+    n = min(len(pa), len(pb))  # a case that stopped early was timed in a prefix of the passes
+    ratios = [x / y for x, y in zip(pa[:n], pb[:n]) if _finite(x, y)]
+    if len(ratios) < MIN_PAIRED_PASSES:
+        return None
+    low, high = median_ci(ratios)
+    return float(statistics.median(ratios)), float(low), float(high)
 
 
 def _finite(*values) -> bool:
@@ -110,6 +178,20 @@ def ratio_of(a, b) -> tuple[float, float, str | None]:
     table: time_samples, time_ci95_low/high, time_median, time_iqr, rounds)."""
     return ratio_interval(samples(a.get("time_samples")), samples(b.get("time_samples")),
                           median_interval(a), median_interval(b))
+
+
+def ratio(a, b) -> tuple[float, float, float, str | None]:
+    """(ratio, low, high, method) of a's time / b's, for two records: paired by pass
+    (paired_ratio, method "paired") when they were timed in the same interleaved passes,
+    else median / median with ratio_of's interval."""
+    paired = paired_ratio(a, b)
+    if paired is not None:
+        return (*paired, "paired")
+    try:
+        value = float(a.get("time_median")) / float(b.get("time_median"))
+    except (TypeError, ValueError, ZeroDivisionError):
+        value = math.nan
+    return (value, *ratio_of(a, b))
 
 
 def verdict(low: float, high: float) -> str:

@@ -88,7 +88,9 @@ class Record:
     stop_rule: str | None = _field("why sampling stopped: the interval of the median was narrow enough, or a cap")
     time_repeat_median: float | None = _field("a second measurement of the case in the same run (its agreement)")
     interleave_passes: int | None = _field("passes in which the cases of a layer were timed together, shuffled")
-    time_pass_medians: list | None = _field("the median of each pass")
+    interleave_group: str | None = _field("one interleaved measurement: records with this id were timed in the same "
+                                          "passes, pass i of each in the same round")
+    time_pass_medians: list | None = _field("the median of each pass, in the order of its group's rounds")
     attempt: int | None = _field("1 for a case's first measurement in a run; 2, ... when it was measured again "
                                  "(a flagged case re-measured at the end of the run); readers keep the latest")
     earlier_attempts: list | None = _field("the earlier measurements of this case in this run (their time fields)")
@@ -99,7 +101,8 @@ class Record:
     roofline_fraction: float | None = _field("achieved FLOP/s / min(sgemm, intensity x copy bandwidth) of the machine")
     roofline_note: str | None = _field("why a fraction above 1 is not an error (e.g. Winograd does fewer multiplications)")
     # ---- how the machine was while the case ran
-    probe_gflops: float | None = _field("CPU: GFLOP/s of a 256^3 in-cache matmul before and after the case, the lower")
+    probe_gflops: float | None = _field("CPU: GFLOP/s of a 256^3 in-cache matmul around the case (the lower of before "
+                                        "and after; interleaved: the median over the passes used)")
     cpu_utilization: float | None = _field("process CPU seconds per wall second while timed")
     # ---- memory, GPU
     peak_bytes: int | None = _field("extra memory one call needs at its peak")
@@ -169,10 +172,18 @@ def upgrade(record: dict) -> dict:
 
 # ---------------------------------------------------------------------------- trust
 # A timed case deserves less trust when its calls spread widely, when a second measurement
-# in the same run disagrees, when the compute probe around it ran well below the run's best
+# in the same run disagrees, when the compute probe around it ran well below the run's reference
 # (the cores were slow then), when the interval of its median is wide, or when a GPU
 # throttled. The harness re-measures such cases at the end of a run; the report lists them.
-SPREAD, REPEAT, SLOW_PROBE, WIDE_CI = 0.10, 0.10, 0.08, 0.05
+SPREAD, REPEAT, SLOW_PROBE, WIDE_CI = 0.10, 0.10, 0.15, 0.05
+REFERENCE_QUANTILE = 0.9
+
+
+def reference_probe(values) -> float | None:
+    """A run's reference compute probe: the 90th percentile of its readings (the best one
+    alone is set by a lucky reading, and would call most of a run slow)."""
+    xs = sorted(v for v in (_num(x) for x in values) if v)
+    return float(np.quantile(xs, REFERENCE_QUANTILE)) if xs else None
 # The time fields of a measurement that a later attempt keeps in `earlier_attempts`.
 ATTEMPT_FIELDS = ("time_median", "time_ci95_low", "time_ci95_high", "time_iqr", "time_repeat_median", "rounds",
                   "probe_gflops", "stop_rule", "timestamp")
@@ -186,10 +197,10 @@ def _num(value) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def quality_flags(rec: dict, best_probe: float | None = None) -> list[tuple[str, float]]:
+def quality_flags(rec: dict, reference_probe: float | None = None) -> list[tuple[str, float]]:
     """Why a timed record deserves less trust, each reason with its size (a relative
-    deviation, to rank cases by); empty: nothing to say. `best_probe` is the best compute
-    probe of its run at its thread count. The harness re-measures what this flags; the
+    deviation, to rank cases by); empty: nothing to say. `reference_probe` is the reference
+    compute probe of its run at its thread count (reference_probe()). The harness re-measures what this flags; the
     report lists it."""
     med = _num(rec.get("time_median"))
     if rec.get("status") != "ok" or not med:
@@ -202,8 +213,9 @@ def quality_flags(rec: dict, best_probe: float | None = None) -> list[tuple[str,
     if rep is not None and abs(rep / med - 1) > REPEAT:
         flags.append((f"repeat {rep / med:.2f}x", abs(rep / med - 1)))
     probe = _num(rec.get("probe_gflops"))
-    if probe is not None and best_probe and probe < (1 - SLOW_PROBE) * best_probe:
-        flags.append((f"compute probe {1 - probe / best_probe:.0%} below its run's best", 1 - probe / best_probe))
+    ref = reference_probe
+    if probe is not None and ref and probe < (1 - SLOW_PROBE) * ref:
+        flags.append((f"compute probe {1 - probe / ref:.0%} below its run's reference", 1 - probe / ref))
     low, high = _num(rec.get("time_ci95_low")), _num(rec.get("time_ci95_high"))
     if low is not None and high is not None:
         reach = max(med - low, high - med) / med

@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from .intervals import median_ci  # noqa: F401 - part of timing's API (summarize uses it)
 from .schema import encode_samples
 
 
@@ -54,36 +55,6 @@ def gc_paused():
 
 
 # ---------------------------------------------------------------------------- statistics
-def median_ci(times: list[float], confidence: float = 0.95) -> tuple[float, float] | tuple[None, None]:
-    """Distribution-free interval of the median from order statistics: the j-th and k-th
-    smallest calls, j and k the binomial(n, 1/2) quantiles that enclose `confidence`.
-    (None, None) below 6 calls, where no such pair reaches 95%."""
-    n = len(times)
-    if n < 6:
-        return None, None
-    s = sorted(times)
-    j = _lower_rank(n, (1 - confidence) / 2)
-    return s[j], s[n - 1 - j]
-
-
-@functools.lru_cache(maxsize=4096)
-def _lower_rank(n: int, tail: float) -> int:
-    """The largest 0-based j with P(Binomial(n, 1/2) <= j) <= tail."""
-    if n > 1000:  # normal approximation, exact to a rank at these sizes
-        return max(0, int(math.floor(n / 2 - 1 - _z(tail) * math.sqrt(n) / 2)))
-    total, cdf, j = 2.0 ** n, 0.0, -1
-    for i in range(n + 1):
-        cdf += math.comb(n, i) / total
-        if cdf > tail:
-            break
-        j = i
-    return max(j, 0)
-
-
-def _z(tail: float) -> float:
-    return statistics.NormalDist().inv_cdf(1 - tail)
-
-
 def summarize(times: list[float]) -> dict:
     """Median, quartiles, spread and the 95% interval of the median of per-call seconds,
     plus the raw samples (compressed), in the record's field names."""

@@ -462,11 +462,16 @@ def _derived(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _speedups(df: pd.DataFrame) -> pd.DataFrame:
-    """speedup = the baseline's median time / the case's, for the same run, device, layer,
-    dtype and direction (the fastest baseline if a run has several), with its 95% interval
-    (bench.intervals)."""
+    """speedup = the baseline's time / the case's, for the same run, device, layer, dtype and
+    direction (the fastest baseline if a run has several), with its 95% interval
+    (bench.intervals.ratio: pass by pass when the two were timed in the same interleaved
+    passes, else median / median)."""
     key = ["run_id", "device", "table", "shape", "dtype", "direction"]
-    carried = ["time_samples", "time_ci95_low", "time_ci95_high", "time_iqr", "rounds"]
+    carried = ["time_samples", "time_ci95_low", "time_ci95_high", "time_iqr", "rounds", "time_pass_medians",
+               "interleave_group"]
+    for column in carried:  # older records lack the pass fields
+        if column not in df:
+            df[column] = None
     base = df[(df["status"] == "ok") & df["baseline"] & df["time_median"].notna()]
     base = base.sort_values("time_median", kind="stable").drop_duplicates(key)
     base = base[key + ["impl", "case", "time_median", "peak_bytes"] + carried].rename(columns={
@@ -474,20 +479,22 @@ def _speedups(df: pd.DataFrame) -> pd.DataFrame:
         "peak_bytes": "baseline_peak_bytes", **{c: f"bl_{c}" for c in carried}})
     df = df.drop(columns=["baseline_impl", "baseline_time", "baseline_peak_bytes"]).merge(base, on=key, how="left")
     df["speedup"] = df["baseline_time"] / df["time_median"]
-    low, high, method = [], [], []
+    value, low, high, method = [], [], [], []
     for row in df[["status", "speedup", "case", "bl_case", "time_median", "baseline_time"] + carried
                   + [f"bl_{c}" for c in carried]].to_dict("records"):
-        if row["status"] != "ok" or not row["speedup"] == row["speedup"]:
+        v = row["speedup"]
+        if row["status"] != "ok" or not v == v:
             lo, hi, how = math.nan, math.nan, None
         elif row["case"] == row["bl_case"]:  # the baseline itself
             lo, hi, how = 1.0, 1.0, "itself"
         else:
             baseline = {c: row[f"bl_{c}"] for c in carried} | {"time_median": row["baseline_time"]}
-            lo, hi, how = intervals.ratio_of(baseline, row)
+            v, lo, hi, how = intervals.ratio(baseline, row)
+        value.append(v)
         low.append(lo)
         high.append(hi)
         method.append(how)
-    df["speedup_low"], df["speedup_high"], df["speedup_method"] = low, high, method
+    df["speedup"], df["speedup_low"], df["speedup_high"], df["speedup_method"] = value, low, high, method
     return df.drop(columns=["bl_case"] + [f"bl_{c}" for c in carried])
 
 

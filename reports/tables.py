@@ -54,8 +54,7 @@ def summary(latest: pd.DataFrame) -> pd.DataFrame:
             base = _fastest(group[group["baseline"].astype(bool)])
         ratio = lo = hi = math.nan
         if peer is not None and hand is not None:
-            ratio = peer["time_median"] / hand["time_median"]
-            lo, hi, _ = intervals.ratio_of(peer, hand)
+            ratio, lo, hi, _ = intervals.ratio(peer, hand)
         # within best's run (never across runs): NaN when that run has no baseline
         speedup, s_lo, s_hi = ((best["speedup"], best["speedup_low"], best["speedup_high"]) if best is not None
                                else (math.nan, math.nan, math.nan))
@@ -300,14 +299,15 @@ def failures(df: pd.DataFrame, max_listed: int = 6) -> pd.DataFrame:
 def quality(df: pd.DataFrame) -> pd.DataFrame:
     """Timed cases whose number deserves less trust, with why (bench.schema.quality_flags:
     a wide spread, a second measurement that disagrees, a compute probe well below the
-    best of its run and thread count, a wide interval of the median, a throttled GPU).
+    reference of its run and thread count, a wide interval of the median, a throttled GPU).
     Worst first."""
     columns = ["machine", "device", "impl", "layer", "direction", "median", "flags"]
     ok = df[df["status"] == "ok"]
     best_probe = {}
     if "probe_gflops" in ok and "run_id" in ok:
         probes = ok.dropna(subset=["probe_gflops"])
-        best_probe = probes.groupby(["run_id", probes["machine_threads"].fillna(0)])["probe_gflops"].max().to_dict()
+        best_probe = (probes.groupby(["run_id", probes["machine_threads"].fillna(0)])["probe_gflops"]
+                      .agg(schema.reference_probe).to_dict())
     rows = []
     for _, r in ok.iterrows():
         threads = r.get("machine_threads")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import impls
-from bench import cases, cli, driver, gate, machine, memory, options, probes, records, schema, tables, timing
+from bench import cases, cli, driver, gate, intervals, machine, memory, options, probes, records, schema, tables, timing
 from impls import registry
 
 import broken_impls
@@ -193,11 +193,31 @@ def test_interleaved_measurement_pools_shuffled_passes(broken, tmp_path):
     ok = [r for r in recs if r["impl"] in ("dense", "torch")]
     assert ok and all(r["status"] == "ok" for r in ok)
     for r in ok:
-        assert r["interleave_passes"] == 3 and len(r["time_pass_medians"]) == 3
-        assert r["rounds"] >= 3 * 3 and r["time_repeat_median"] > 0
+        assert r["interleave_passes"] >= 3 and len(r["time_pass_medians"]) == r["interleave_passes"]
+        assert r["rounds"] >= r["interleave_passes"] and r["time_repeat_median"] > 0
         assert min(r["time_pass_medians"]) <= r["time_median"] <= max(r["time_pass_medians"])
+    # the cases of one layer share one measurement, so their ratios are paired pass by pass
+    for shape in {r["shape"] for r in ok}:
+        pair = [r for r in ok if r["shape"] == shape]
+        assert len(pair) == 2 and pair[0]["interleave_group"] == pair[1]["interleave_group"]
+    assert len({r["interleave_group"] for r in ok}) == len(tables.TABLES["smoke"])
     # records of one layer keep the order of the cases, as without --interleave
     assert [r["impl"] for r in recs[:3]] == ["crashes", "dense", "torch"]
+
+
+def test_paired_ratio_follows_the_passes_not_the_pooled_medians():
+    # a and b in the same six rounds: a is twice b's time in every round, but the machine
+    # was slow (x3) in the rounds b's pooled median falls in and a's does not
+    slow = [1, 1, 3, 3, 3, 1]
+    a = {"interleave_group": "g", "time_pass_medians": [2.0 * s for s in slow], "time_median": 2.0}
+    b = {"interleave_group": "g", "time_pass_medians": json.dumps([1.0 * s for s in slow]), "time_median": 3.0}
+    value, low, high, how = intervals.ratio(a, b)
+    assert how == "paired" and value == 2.0 and low == high == 2.0
+    # a case that stopped early is paired over the rounds both were timed in
+    assert intervals.paired_ratio({**a, "time_pass_medians": a["time_pass_medians"] + [9.0]}, b)[0] == 2.0
+    # different measurements, or too few passes: median / median
+    assert intervals.ratio({**a, "interleave_group": "h"}, b)[0] == pytest.approx(2 / 3)
+    assert intervals.paired_ratio({**a, "time_pass_medians": [2.0] * 5}, b) is None
 
 
 class _Jittery(impls.get("torch").__class__):
@@ -273,7 +293,7 @@ def test_median_interval_covers_the_median_at_about_95_percent():
 
     rng = random.Random(1)
     for n, j in ((6, 0), (10, 1), (100, 39), (1001, 468)):
-        assert timing._lower_rank(n, 0.025) == j  # tabulated ranks (binomial order statistics)
+        assert intervals._lower_rank(n, 0.025) == j  # tabulated ranks (binomial order statistics)
     assert timing.median_ci([1.0] * 5) == (None, None)
     covered = sum(lo <= 0.0 <= hi for lo, hi in (timing.median_ci([rng.gauss(0, 1) for _ in range(50)])
                                                  for _ in range(400)))
@@ -328,9 +348,11 @@ def test_cpu_use_and_the_slow_period_warning():
         sum(i * i for i in range(200_000))  # one busy thread
     assert 0.5 < use.utilization <= 1.1
     rec = {"device": "cpu", "probe_gflops": 190.0, "machine": {"threads": 2}}
-    assert "slow period: compute probe 10% below the run's best" in cli._slow_period(rec, best_probe=211.0)
-    assert cli._slow_period(rec, best_probe=195.0) == ""
-    assert cli._slow_period(rec) == "" and cli._slow_period({**rec, "device": "cuda"}, best_probe=211.0) == ""
+    assert "slow period: compute probe 24% below the run's reference" in cli._slow_period(rec, reference=250.0)
+    assert cli._slow_period(rec, reference=211.0) == ""  # 10% below: within the machine's normal spread
+    assert cli._slow_period(rec) == "" and cli._slow_period({**rec, "device": "cuda"}, reference=250.0) == ""
+    # the reference is a high percentile of the run's readings: one lucky reading does not set it
+    assert schema.reference_probe([150.0] * 19 + [300.0]) == pytest.approx(150.0)
 
 
 def test_compute_probe_is_a_matmul_rate_of_this_machine():
