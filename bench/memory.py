@@ -17,14 +17,19 @@ import torch
 _LIBC = None
 
 
+def _libc():
+    """The C library, loaded once; OSError where there is no glibc."""
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL("libc.so.6")
+    return _LIBC
+
+
 def _malloc_trim() -> None:
     """Give glibc's free heap pages back to the OS, so the high-water mark that follows
     counts every page the call touches (a warm heap would hide them)."""
-    global _LIBC
     try:
-        if _LIBC is None:
-            _LIBC = ctypes.CDLL("libc.so.6")
-        _LIBC.malloc_trim(0)
+        _libc().malloc_trim(0)
     except (OSError, AttributeError):
         pass
 
@@ -37,11 +42,8 @@ def _thp(disabled: bool) -> bool:
     With them, resident memory grows in 2 MiB steps and the same call's peak read 14, 16
     or 18 MiB from one process to the next; off while the peak call runs, it grows by
     4 KiB pages. False where prctl refuses (not Linux, or too old a kernel)."""
-    global _LIBC
     try:
-        if _LIBC is None:
-            _LIBC = ctypes.CDLL("libc.so.6")
-        return _LIBC.prctl(_PR_SET_THP_DISABLE, int(disabled), 0, 0, 0) == 0
+        return _libc().prctl(_PR_SET_THP_DISABLE, int(disabled), 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
 
