@@ -18,7 +18,7 @@ import torch
 import impls
 from impls import reference, verify
 
-from . import tables, threads as thread_control, timing
+from . import memory, tables, threads as thread_control, timing
 
 
 # The dtypes a case may ask for (each has its tolerance in impls.verify).
@@ -126,6 +126,7 @@ def setup_layer_case(case, threads: int | None = None, warmup: bool = True) -> B
     Raises Unavailable (skip) or GateFailed (record as failed, never time)."""
     dtype = dtype_of(case.dtype)
     impl = require(case.impl, case.device, dtype, case.direction)
+    memory.fix_allocator()
     threads = thread_control.set_threads(threads)
     cuda_flags(case.device)
 

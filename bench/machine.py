@@ -20,6 +20,8 @@ import time
 
 import torch
 
+from . import memory
+
 # Environment settings that change CPU timings (docs/DESIGN.md, "Measured pitfalls"), recorded as found.
 RECORDED_ENV = ("GLIBC_TUNABLES", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "OMP_PROC_BIND", "MKL_NUM_THREADS",
                 "KMP_AFFINITY", "CUDA_VISIBLE_DEVICES")
@@ -143,6 +145,7 @@ def metadata() -> dict:
         "compiler": _compiler(),
         "env": {k: os.environ[k] for k in RECORDED_ENV if k in os.environ},
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+        "malloc": memory.fix_allocator(),
     }
     if torch.cuda.is_available():
         info.update(_gpu_info())

@@ -11,6 +11,7 @@ peakmem_ cannot reset between calls and cannot see the GPU, which is why this ex
 from __future__ import annotations
 
 import ctypes
+import os
 
 import torch
 
@@ -32,6 +33,34 @@ def _malloc_trim() -> None:
         _libc().malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+# glibc's allocator fixed as tox.ini's GLIBC_TUNABLES fixes it (docs/DESIGN.md, "Measured
+# pitfalls"): without it the mmap threshold moves with what was freed before, each output
+# of a small layer costs fresh page faults or not, and CPU times vary 3-6x. asv, a plain
+# `python -m bench` or pytest run without the variable get the same state by mallopt.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD, TRIM_THRESHOLD = 32 << 20, 256 << 20
+ALLOCATOR: str | None = None  # how the allocator was fixed, once fix_allocator() ran
+
+
+def fix_allocator() -> str:
+    """Fix glibc's mmap and trim thresholds for this process (once), unless GLIBC_TUNABLES
+    already set them; says how they are set."""
+    global ALLOCATOR
+    if ALLOCATOR is None:
+        tunables = os.environ.get("GLIBC_TUNABLES", "")
+        if "glibc.malloc.mmap_threshold" in tunables:
+            ALLOCATOR = f"GLIBC_TUNABLES={tunables}"
+        else:
+            try:
+                ok = (_libc().mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+                      and _libc().mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1)
+            except (OSError, AttributeError):
+                ok = False
+            ALLOCATOR = (f"mallopt mmap_threshold={MMAP_THRESHOLD} trim_threshold={TRIM_THRESHOLD}" if ok
+                         else "default (mallopt unavailable)")
+    return ALLOCATOR
 
 
 _PR_SET_THP_DISABLE = 41
