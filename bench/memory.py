@@ -63,18 +63,22 @@ def fix_allocator() -> str:
     return ALLOCATOR
 
 
-_PR_SET_THP_DISABLE = 41
+_PR_SET_THP_DISABLE, _PR_GET_THP_DISABLE = 41, 42
 
 
-def _thp(disabled: bool) -> bool:
-    """Turn transparent huge pages off (or back on) for this process's new page faults.
-    With them, resident memory grows in 2 MiB steps and the same call's peak read 14, 16
-    or 18 MiB from one process to the next; off while the peak call runs, it grows by
-    4 KiB pages. False where prctl refuses (not Linux, or too old a kernel)."""
+def _thp_disabled(disabled: bool | None = None) -> bool | None:
+    """Whether transparent huge pages are off for this process's new page faults, after
+    setting it when `disabled` is given; None where prctl refuses (not Linux, or too old
+    a kernel). With them, resident memory grows in 2 MiB steps and the same call's peak
+    read 14, 16 or 18 MiB from one process to the next; off while the peak call runs, it
+    grows by 4 KiB pages."""
     try:
-        return _libc().prctl(_PR_SET_THP_DISABLE, int(disabled), 0, 0, 0) == 0
+        if disabled is not None and _libc().prctl(_PR_SET_THP_DISABLE, int(disabled), 0, 0, 0) != 0:
+            return None
+        state = _libc().prctl(_PR_GET_THP_DISABLE, 0, 0, 0, 0)
     except (OSError, AttributeError):
-        return False
+        return None
+    return None if state < 0 else bool(state)
 
 
 def _proc_status_kb(field: str) -> int | None:
@@ -106,14 +110,15 @@ def peak_bytes(bench) -> tuple[int | None, str]:
             f.write("5")
     except OSError:
         return None, "unavailable: /proc/self/clear_refs cannot be written"
-    small_pages = _thp(True)
+    was_off = _thp_disabled()
+    small_pages = bool(_thp_disabled(True))
     try:
         before = _proc_status_kb("VmRSS")
         bench.call()
         hwm = _proc_status_kb("VmHWM")
     finally:
-        if small_pages:
-            _thp(False)
+        if small_pages and was_off is False:  # as it was before
+            _thp_disabled(False)
     if before is None or hwm is None:
         return None, "unavailable: no VmHWM in /proc/self/status"
     return max(0, hwm - before) * 1024, "VmHWM rise after clear_refs" + (", 4 KiB pages" if small_pages else "")

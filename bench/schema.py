@@ -101,8 +101,8 @@ class Record:
     roofline_fraction: float | None = _field("achieved FLOP/s / min(sgemm, intensity x copy bandwidth) of the machine")
     roofline_note: str | None = _field("why a fraction above 1 is not an error (e.g. Winograd does fewer multiplications)")
     # ---- how the machine was while the case ran
-    probe_gflops: float | None = _field("CPU: GFLOP/s of a 256^3 in-cache matmul around the case (the lower of before "
-                                        "and after; interleaved: the median over the passes used)")
+    probe_gflops: float | None = _field("CPU: GFLOP/s of a 256^3 in-cache matmul before and after the case (or its "
+                                        "interleaved group), the lower")
     cpu_utilization: float | None = _field("process CPU seconds per wall second while timed")
     # ---- memory, GPU
     peak_bytes: int | None = _field("extra memory one call needs at its peak")
@@ -185,6 +185,8 @@ def reference_probe(values) -> float | None:
     alone is set by a lucky reading, and would call most of a run slow)."""
     xs = sorted(v for v in (_num(x) for x in values) if v)
     return float(np.quantile(xs, REFERENCE_QUANTILE)) if xs else None
+
+
 # The time fields of a measurement that a later attempt keeps in `earlier_attempts`.
 ATTEMPT_FIELDS = ("time_median", "time_ci95_low", "time_ci95_high", "time_iqr", "time_repeat_median", "rounds",
                   "probe_gflops", "stop_rule", "timestamp")
@@ -198,11 +200,11 @@ def _num(value) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def quality_flags(rec: dict, reference_probe: float | None = None) -> list[tuple[str, float]]:
+def quality_flags(rec: dict, reference: float | None = None) -> list[tuple[str, float]]:
     """Why a timed record deserves less trust, each reason with its size (a relative
-    deviation, to rank cases by); empty: nothing to say. `reference_probe` is the reference
-    compute probe of its run at its thread count (reference_probe()). The harness re-measures what this flags; the
-    report lists it."""
+    deviation, to rank cases by); empty: nothing to say. `reference` is the reference
+    compute probe of its run at its thread count (reference_probe()). The harness
+    re-measures what this flags; the report lists it."""
     med = _num(rec.get("time_median"))
     if rec.get("status") != "ok" or not med:
         return []
@@ -214,9 +216,8 @@ def quality_flags(rec: dict, reference_probe: float | None = None) -> list[tuple
     if rep is not None and abs(rep / med - 1) > REPEAT:
         flags.append((f"repeat {rep / med:.2f}x", abs(rep / med - 1)))
     probe = _num(rec.get("probe_gflops"))
-    ref = reference_probe
-    if probe is not None and ref and probe < (1 - SLOW_PROBE) * ref:
-        flags.append((f"compute probe {1 - probe / ref:.0%} below its run's reference", 1 - probe / ref))
+    if probe is not None and reference and probe < (1 - SLOW_PROBE) * reference:
+        flags.append((f"compute probe {1 - probe / reference:.0%} below its run's reference", 1 - probe / reference))
     low, high = _num(rec.get("time_ci95_low")), _num(rec.get("time_ci95_high"))
     if low is not None and high is not None:
         reach = max(med - low, high - med) / med

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from .intervals import median_ci  # noqa: F401 - part of timing's API (summarize uses it)
+from .intervals import median_ci
 from .schema import encode_samples
 
 

@@ -469,9 +469,6 @@ def _speedups(df: pd.DataFrame) -> pd.DataFrame:
     key = ["run_id", "device", "table", "shape", "dtype", "direction"]
     carried = ["time_samples", "time_ci95_low", "time_ci95_high", "time_iqr", "rounds", "time_pass_medians",
                "interleave_group"]
-    for column in carried:  # older records lack the pass fields
-        if column not in df:
-            df[column] = None
     base = df[(df["status"] == "ok") & df["baseline"] & df["time_median"].notna()]
     base = base.sort_values("time_median", kind="stable").drop_duplicates(key)
     base = base[key + ["impl", "case", "time_median", "peak_bytes"] + carried].rename(columns={

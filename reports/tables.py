@@ -303,16 +303,15 @@ def quality(df: pd.DataFrame) -> pd.DataFrame:
     Worst first."""
     columns = ["machine", "device", "impl", "layer", "direction", "median", "flags"]
     ok = df[df["status"] == "ok"]
-    best_probe = {}
+    reference = {}
     if "probe_gflops" in ok and "run_id" in ok:
         probes = ok.dropna(subset=["probe_gflops"])
-        best_probe = (probes.groupby(["run_id", probes["machine_threads"].fillna(0)])["probe_gflops"]
+        reference = (probes.groupby(["run_id", probes["machine_threads"].fillna(0)])["probe_gflops"]
                       .agg(schema.reference_probe).to_dict())
     rows = []
     for _, r in ok.iterrows():
         threads = r.get("machine_threads")
-        best = best_probe.get((r.get("run_id"), 0 if pd.isna(threads) else threads))
-        flags = schema.quality_flags(r.to_dict(), best)
+        flags = schema.quality_flags(r.to_dict(), reference.get((r.get("run_id"), 0 if pd.isna(threads) else threads)))
         if flags:
             rows.append({"machine": r["machine"], "device": r["device"], "impl": r["impl"], "layer": r["layer"],
                          "direction": r["direction"], "median": r["time_median"],
