@@ -148,20 +148,33 @@ static inline __attribute__((always_inline)) void FN(ukernel)(ptrdiff_t kl, cons
 }
 
 /* One thread's GEMM. `ap` holds A packed by pack_a for all K; `bpack` is a workspace of
- * KC * NC elements, aligned to 64 bytes. */
+ * KC * NC elements, aligned to 64 bytes. B is packed one NR-column panel at a time, right
+ * before the micro-kernels that use it, and while they run the rows of the next panel
+ * are prefetched (a slice per micro-kernel call): B is an activation that is usually
+ * not in cache (x of (128,128,32,3) is 4 MB), and packing a whole block up front stalled
+ * on memory with nothing to overlap it. */
 static void FN(gemm)(ptrdiff_t M, ptrdiff_t Nn, ptrdiff_t K, const REAL *ap, const REAL *B, ptrdiff_t rsb,
                      ptrdiff_t csb, REAL *C, ptrdiff_t ldc, const REAL *bias, int accumulate, REAL *bpack)
 {
+    ptrdiff_t ni = (M + MR - 1) / MR;
     for (ptrdiff_t jc = 0; jc < Nn; jc += NC) {
         ptrdiff_t nc = Nn - jc < NC ? Nn - jc : NC;
         for (ptrdiff_t kc = 0; kc < K; kc += KC) {
             ptrdiff_t kl = K - kc < KC ? K - kc : KC;
             int acc = accumulate || kc > 0;
-            FN(pack_b)(kl, nc, B + kc * rsb + jc * csb, rsb, csb, bpack);
+            const REAL *bk = B + kc * rsb + jc * csb;
+            ptrdiff_t per = (kl + ni - 1) / ni; /* rows of the next panel prefetched per call */
             for (ptrdiff_t j0 = 0; j0 < nc; j0 += NR) {
                 ptrdiff_t nv = nc - j0 < NR ? nc - j0 : NR;
-                const REAL *bp = bpack + j0 * kl;
-                for (ptrdiff_t i0 = 0; i0 < M; i0 += MR) {
+                REAL *bp = bpack + j0 * kl;
+                FN(pack_b)(kl, nv, bk + j0 * csb, rsb, csb, bp);
+                int prefetch = csb == 1 && j0 + NR < nc;
+                for (ptrdiff_t i0 = 0, ii = 0; i0 < M; i0 += MR, ++ii) {
+                    if (prefetch)
+                        for (ptrdiff_t q = ii * per; q < (ii + 1) * per && q < kl; ++q) {
+                            const char *r = (const char *)(bk + q * rsb + j0 + NR);
+                            for (ptrdiff_t o = 0; o < (ptrdiff_t)(NR * sizeof(REAL)); o += 64) __builtin_prefetch(r + o);
+                        }
                     ptrdiff_t mv = M - i0 < MR ? M - i0 : MR;
                     FN(ukernel)(kl, ap + i0 * K + kc * MR, bp, C + i0 * ldc + jc + j0, ldc, mv, nv, acc,
                                 bias ? bias + i0 : NULL);
@@ -797,18 +810,90 @@ static void FN(dot_block)(ptrdiff_t i0, ptrdiff_t j0, ptrdiff_t M, ptrdiff_t Nn,
         }
 }
 
-/* Gradients of the lateral stage: g_lb = sum g_t1; g_l = sum_b g_t1[b] x[b]^T by dot_block
- * (threads over blocks of g_l, so the result does not depend on the thread count);
- * g_x[b] = L^T g_t1[b] by the packed GEMM (threads over (b, pixel block)). */
+/* C[M x Nn] = sum_b A_b[M x P] * Bt_b[Nn x P]^T: a GEMM whose reduction runs along the
+ * contiguous axis of both operands and across nb images (A_b = A + b * bsa, rows lda
+ * apart; Bt_b likewise). Chunk by chunk (an image's KC pixels at most), Bt is packed into
+ * NR-column panels (the transposition this needs is the only packing) and a micro-kernel
+ * that broadcasts A straight from its rows accumulates into C. The chunks, so the order of
+ * every sum, do not depend on how the caller splits C between threads. */
+static inline __attribute__((always_inline)) void FN(ukernel_rows)(ptrdiff_t kl, const REAL *a, ptrdiff_t lda,
+                                                                   const REAL *restrict b, REAL *restrict c,
+                                                                   ptrdiff_t ldc, ptrdiff_t mv, ptrdiff_t nv,
+                                                                   int accumulate)
+{
+    const REAL *ar[MR];
+    for (int i = 0; i < MR; ++i) ar[i] = a + (i < mv ? i : mv - 1) * lda; /* rows past the edge: not stored */
+    VEC acc[MR][NV];
+    for (int i = 0; i < MR; ++i)
+        for (int j = 0; j < NV; ++j) acc[i][j] = (VEC){0};
+    for (ptrdiff_t q = 0; q < kl; ++q) {
+        VEC bv[NV];
+        for (int j = 0; j < NV; ++j) bv[j] = *(const VEC *)(b + q * NR + j * LANES);
+        for (int i = 0; i < MR; ++i) {
+            REAL av = ar[i][q];
+            for (int j = 0; j < NV; ++j) acc[i][j] += av * bv[j];
+        }
+    }
+    REAL tmp[MR * NR] __attribute__((aligned(64)));
+    for (int i = 0; i < MR; ++i)
+        for (int j = 0; j < NV; ++j) *(VEC *)(tmp + i * NR + j * LANES) = acc[i][j];
+    for (ptrdiff_t i = 0; i < mv; ++i) {
+        REAL *cp = c + i * ldc;
+        if (accumulate)
+            for (ptrdiff_t j = 0; j < nv; ++j) cp[j] += tmp[i * NR + j];
+        else
+            for (ptrdiff_t j = 0; j < nv; ++j) cp[j] = tmp[i * NR + j];
+    }
+}
+
+static void FN(gemm_nt)(ptrdiff_t M, ptrdiff_t Nn, ptrdiff_t P, ptrdiff_t nb, const REAL *A, ptrdiff_t lda,
+                        ptrdiff_t bsa, const REAL *Bt, ptrdiff_t ldb, ptrdiff_t bsb, REAL *C, ptrdiff_t ldc,
+                        REAL *bpack)
+{
+    for (ptrdiff_t jc = 0; jc < Nn; jc += NC) {
+        ptrdiff_t nc = Nn - jc < NC ? Nn - jc : NC;
+        for (ptrdiff_t b = 0; b < nb; ++b)
+            for (ptrdiff_t q0 = 0; q0 < P; q0 += KC) {
+                ptrdiff_t kl = P - q0 < KC ? P - q0 : KC;
+                FN(pack_b)(kl, nc, Bt + b * bsb + jc * ldb + q0, 1, ldb, bpack);
+                const REAL *ab = A + b * bsa + q0;
+                int acc = b > 0 || q0 > 0;
+                for (ptrdiff_t j0 = 0; j0 < nc; j0 += NR) {
+                    ptrdiff_t nv = nc - j0 < NR ? nc - j0 : NR;
+                    for (ptrdiff_t i0 = 0; i0 < M; i0 += MR) {
+                        ptrdiff_t mv = M - i0 < MR ? M - i0 : MR;
+                        FN(ukernel_rows)(kl, ab + i0 * lda, lda, bpack + j0 * kl, C + i0 * ldc + jc + j0, ldc, mv, nv,
+                                         acc);
+                    }
+                }
+            }
+    }
+}
+
+/* Gradients of the lateral stage: g_lb = sum g_t1; g_l = sum_b g_t1[b] x[b]^T, threads
+ * over blocks of g_l (no cross-thread partial sums, so the result does not depend on the
+ * thread count); g_x[b] = L^T g_t1[b] by the packed GEMM (threads over (b, pixel block)).
+ * g_l is a gemm_nt where both channel counts are at least GEMM_NT_MIN; below that its
+ * transposing pack costs more than it saves and dot_block, which packs nothing, is used
+ * (lateral backward, A/B in one process, Zen 4, 2 threads, batch 8: (256,256,8) 0.79x,
+ * (128,128,32) 0.94x, (128,128,16) 0.91x, (64,64,32) 1.02x, (32,32,64) 1.55x of
+ * dot_block's time). The choice depends on the shape only, never on the thread count. */
+#define GEMM_NT_MIN 128
 static int FN(lateral_backward)(const REAL *g_t1, const REAL *x, const REAL *L, REAL *g_x, REAL *g_l,
                                 REAL *g_lb, ptrdiff_t B, ptrdiff_t C, ptrdiff_t N, ptrdiff_t P)
 {
     int nt = omp_get_max_threads();
+    /* g_l in column blocks (each thread packs only its own columns of x), and row blocks
+     * too when there are fewer column panels than threads */
+    ptrdiff_t rpan = (N + MR - 1) / MR, cpan = (C + NR - 1) / NR;
+    ptrdiff_t ncb = cpan < nt ? cpan : nt, nrb = (nt + ncb - 1) / ncb;
+    if (nrb > rpan) nrb = rpan;
+    ptrdiff_t mb = (rpan + nrb - 1) / nrb * MR, cb = (cpan + ncb - 1) / ncb * NR;
     ptrdiff_t a1 = FN(round_up)(FN(round_up)(C, MR) * N, 16); /* L^T packed */
     ptrdiff_t stride;
     REAL *ws = FN(alloc_ws)(a1 + (ptrdiff_t)KC * NC, nt, &stride);
     if (!ws) return 1;
-    ptrdiff_t nblk = (P + NC - 1) / NC, ni = (N + DR - 1) / DR, nj = (C + DC - 1) / DC;
+    ptrdiff_t nblk = (P + NC - 1) / NC;
 #pragma omp parallel num_threads(nt)
     {
         REAL *ap = ws + omp_get_thread_num() * stride, *bp = ap + a1;
@@ -819,22 +904,34 @@ static int FN(lateral_backward)(const REAL *g_t1, const REAL *x, const REAL *L, 
             for (ptrdiff_t b = 0; b < B; ++b) s += FN(sum)(g_t1 + (b * N + n) * P, P);
             g_lb[n] = (REAL)s;
         }
-        /* g_l[n][c] = sum_b sum_q g_t1[b][n][q] x[b][c][q], blocks of DR x DC outputs */
-        /* image by image, so both operands stay in L2; the static schedule gives every block
-         * the same thread for all images, so no synchronisation is needed between them */
-        if (P >= 512) {
-            for (ptrdiff_t b = 0; b < B; ++b) {
+        /* g_l[n][c] = sum_b sum_q g_t1[b][n][q] x[b][c][q] */
+        if (N < GEMM_NT_MIN || C < GEMM_NT_MIN) {
+            ptrdiff_t ni = (N + DR - 1) / DR, nj = (C + DC - 1) / DC;
+            if (P >= 512) { /* image by image, so both operands stay in L2; the static schedule
+                             * gives every block the same thread for all images */
+                for (ptrdiff_t b = 0; b < B; ++b) {
+#pragma omp for collapse(2) schedule(static) nowait
+                    for (ptrdiff_t ib = 0; ib < ni; ++ib)
+                        for (ptrdiff_t jb = 0; jb < nj; ++jb)
+                            FN(dot_block)(ib * DR, jb * DC, N, C, P, 1, g_t1 + b * N * P, P, 0, x + b * C * P, P, 0,
+                                          g_l, C, b > 0);
+                }
+            } else { /* short rows: reduce over all images at once, one horizontal sum per block */
 #pragma omp for collapse(2) schedule(static) nowait
                 for (ptrdiff_t ib = 0; ib < ni; ++ib)
                     for (ptrdiff_t jb = 0; jb < nj; ++jb)
-                        FN(dot_block)(ib * DR, jb * DC, N, C, P, 1, g_t1 + b * N * P, P, 0, x + b * C * P, P, 0, g_l,
-                                      C, b > 0);
+                        FN(dot_block)(ib * DR, jb * DC, N, C, P, B, g_t1, P, N * P, x, P, C * P, g_l, C, 0);
             }
-        } else { /* short rows: reduce over all images at once, one horizontal sum per block */
+        } else {
 #pragma omp for collapse(2) schedule(static) nowait
-            for (ptrdiff_t ib = 0; ib < ni; ++ib)
-                for (ptrdiff_t jb = 0; jb < nj; ++jb)
-                    FN(dot_block)(ib * DR, jb * DC, N, C, P, B, g_t1, P, N * P, x, P, C * P, g_l, C, 0);
+            for (ptrdiff_t ib = 0; ib < nrb; ++ib)
+                for (ptrdiff_t jb = 0; jb < ncb; ++jb) {
+                    ptrdiff_t i0 = ib * mb, j0 = jb * cb;
+                    if (i0 >= N || j0 >= C) continue;
+                    ptrdiff_t mv = N - i0 < mb ? N - i0 : mb, cv = C - j0 < cb ? C - j0 : cb;
+                    FN(gemm_nt)(mv, cv, P, B, g_t1 + i0 * P, P, N * P, x + j0 * P, P, C * P, g_l + i0 * C + j0, C,
+                                bp);
+                }
         }
         /* g_x = L^T g_t1: A = L^T is C x N with rsa = 1, csa = C */
         FN(pack_a)(C, N, L, 1, C, ap);
@@ -1114,8 +1211,9 @@ static void FN(block_sizes)(int *out)
 #undef KC
 #undef NC
 #undef FUSED_BUF
+#undef FUSED_PIX
 #undef DR
 #undef DC
-#undef FUSED_PIX
+#undef GEMM_NT_MIN
 #undef VEC
 #undef IVEC
