@@ -101,13 +101,18 @@ static void FN(pack_b)(ptrdiff_t kl, ptrdiff_t nc, const REAL *B, ptrdiff_t rsb,
     }
 }
 
-/* MR x NR register tile: acc = a_panel (kl x MR) ^T * b_panel (kl x NR), then stored into
- * the mv x nv valid corner of C: C = acc + bias (accumulate == 0) or C += acc. */
-static inline __attribute__((always_inline)) void FN(ukernel)(ptrdiff_t kl, const REAL *restrict a,
+/* MR x NR register tile: acc = A (kl x MR, element (q, i) at a[q * aq + i * ai]) ^T *
+ * b_panel (kl x NR), then stored into the mv x nv valid corner of C: C = acc + bias
+ * (accumulate == 0) or C += acc. A is a packed panel (aq = MR, ai = 1, zero padded past
+ * mv) or MR rows of a matrix read in place (aq = 1, ai = its row stride; rows past mv
+ * repeat the last one, so nothing past the matrix is read, and are not stored). */
+static inline __attribute__((always_inline)) void FN(ukernel)(ptrdiff_t kl, const REAL *a, ptrdiff_t aq, ptrdiff_t ai,
                                                               const REAL *restrict b, REAL *restrict c,
                                                               ptrdiff_t ldc, ptrdiff_t mv, ptrdiff_t nv,
                                                               int accumulate, const REAL *restrict bias)
 {
+    const REAL *ar[MR];
+    for (int i = 0; i < MR; ++i) ar[i] = a + (aq == 1 ? (i < mv ? i : mv - 1) : i) * ai;
     VEC acc[MR][NV];
     for (int i = 0; i < MR; ++i)
         for (int j = 0; j < NV; ++j) acc[i][j] = (VEC){0};
@@ -115,7 +120,7 @@ static inline __attribute__((always_inline)) void FN(ukernel)(ptrdiff_t kl, cons
         VEC bv[NV];
         for (int j = 0; j < NV; ++j) bv[j] = *(const VEC *)(b + q * NR + j * LANES);
         for (int i = 0; i < MR; ++i) {
-            REAL av = a[q * MR + i];
+            REAL av = ar[i][q * aq];
             for (int j = 0; j < NV; ++j) acc[i][j] += av * bv[j];
         }
     }
@@ -176,7 +181,7 @@ static void FN(gemm)(ptrdiff_t M, ptrdiff_t Nn, ptrdiff_t K, const REAL *ap, con
                             for (ptrdiff_t o = 0; o < (ptrdiff_t)(NR * sizeof(REAL)); o += 64) __builtin_prefetch(r + o);
                         }
                     ptrdiff_t mv = M - i0 < MR ? M - i0 : MR;
-                    FN(ukernel)(kl, ap + i0 * K + kc * MR, bp, C + i0 * ldc + jc + j0, ldc, mv, nv, acc,
+                    FN(ukernel)(kl, ap + i0 * K + kc * MR, MR, 1, bp, C + i0 * ldc + jc + j0, ldc, mv, nv, acc,
                                 bias ? bias + i0 : NULL);
                 }
             }
@@ -813,39 +818,9 @@ static void FN(dot_block)(ptrdiff_t i0, ptrdiff_t j0, ptrdiff_t M, ptrdiff_t Nn,
 /* C[M x Nn] = sum_b A_b[M x P] * Bt_b[Nn x P]^T: a GEMM whose reduction runs along the
  * contiguous axis of both operands and across nb images (A_b = A + b * bsa, rows lda
  * apart; Bt_b likewise). Chunk by chunk (an image's KC pixels at most), Bt is packed into
- * NR-column panels (the transposition this needs is the only packing) and a micro-kernel
- * that broadcasts A straight from its rows accumulates into C. The chunks, so the order of
+ * NR-column panels (the transposition this needs is the only packing) and the micro-kernel,
+ * broadcasting A straight from its rows, accumulates into C. The chunks, so the order of
  * every sum, do not depend on how the caller splits C between threads. */
-static inline __attribute__((always_inline)) void FN(ukernel_rows)(ptrdiff_t kl, const REAL *a, ptrdiff_t lda,
-                                                                   const REAL *restrict b, REAL *restrict c,
-                                                                   ptrdiff_t ldc, ptrdiff_t mv, ptrdiff_t nv,
-                                                                   int accumulate)
-{
-    const REAL *ar[MR];
-    for (int i = 0; i < MR; ++i) ar[i] = a + (i < mv ? i : mv - 1) * lda; /* rows past the edge: not stored */
-    VEC acc[MR][NV];
-    for (int i = 0; i < MR; ++i)
-        for (int j = 0; j < NV; ++j) acc[i][j] = (VEC){0};
-    for (ptrdiff_t q = 0; q < kl; ++q) {
-        VEC bv[NV];
-        for (int j = 0; j < NV; ++j) bv[j] = *(const VEC *)(b + q * NR + j * LANES);
-        for (int i = 0; i < MR; ++i) {
-            REAL av = ar[i][q];
-            for (int j = 0; j < NV; ++j) acc[i][j] += av * bv[j];
-        }
-    }
-    REAL tmp[MR * NR] __attribute__((aligned(64)));
-    for (int i = 0; i < MR; ++i)
-        for (int j = 0; j < NV; ++j) *(VEC *)(tmp + i * NR + j * LANES) = acc[i][j];
-    for (ptrdiff_t i = 0; i < mv; ++i) {
-        REAL *cp = c + i * ldc;
-        if (accumulate)
-            for (ptrdiff_t j = 0; j < nv; ++j) cp[j] += tmp[i * NR + j];
-        else
-            for (ptrdiff_t j = 0; j < nv; ++j) cp[j] = tmp[i * NR + j];
-    }
-}
-
 static void FN(gemm_nt)(ptrdiff_t M, ptrdiff_t Nn, ptrdiff_t P, ptrdiff_t nb, const REAL *A, ptrdiff_t lda,
                         ptrdiff_t bsa, const REAL *Bt, ptrdiff_t ldb, ptrdiff_t bsb, REAL *C, ptrdiff_t ldc,
                         REAL *bpack)
@@ -862,8 +837,8 @@ static void FN(gemm_nt)(ptrdiff_t M, ptrdiff_t Nn, ptrdiff_t P, ptrdiff_t nb, co
                     ptrdiff_t nv = nc - j0 < NR ? nc - j0 : NR;
                     for (ptrdiff_t i0 = 0; i0 < M; i0 += MR) {
                         ptrdiff_t mv = M - i0 < MR ? M - i0 : MR;
-                        FN(ukernel_rows)(kl, ab + i0 * lda, lda, bpack + j0 * kl, C + i0 * ldc + jc + j0, ldc, mv, nv,
-                                         acc);
+                        FN(ukernel)(kl, ab + i0 * lda, 1, lda, bpack + j0 * kl, C + i0 * ldc + jc + j0, ldc, mv, nv,
+                                    acc, NULL);
                     }
                 }
             }
