@@ -45,14 +45,22 @@ MMAP_THRESHOLD, TRIM_THRESHOLD = 32 << 20, 256 << 20
 ALLOCATOR: str | None = None  # how the allocator was fixed, once fix_allocator() ran
 
 
+def _tunable(name: str) -> str | None:
+    """The value GLIBC_TUNABLES gives glibc.malloc.<name>, or None where it gives none."""
+    for item in os.environ.get("GLIBC_TUNABLES", "").split(":"):
+        key, _, value = item.partition("=")
+        if key == f"glibc.malloc.{name}":
+            return value
+    return None
+
+
 def fix_allocator() -> str:
     """Fix glibc's mmap and trim thresholds for this process (once), unless GLIBC_TUNABLES
     already set them; says how they are set."""
     global ALLOCATOR
     if ALLOCATOR is None:
-        tunables = os.environ.get("GLIBC_TUNABLES", "")
-        if "glibc.malloc.mmap_threshold" in tunables:
-            ALLOCATOR = f"GLIBC_TUNABLES={tunables}"
+        if _tunable("mmap_threshold") is not None:
+            ALLOCATOR = f"GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']}"
         else:
             try:
                 ok = (_libc().mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
@@ -129,11 +137,8 @@ def _mmap_threshold(value: int) -> bool:
 
 def _timing_mmap_threshold() -> int:
     """The mmap threshold the process runs its timed calls with (fix_allocator's)."""
-    for item in os.environ.get("GLIBC_TUNABLES", "").split(":"):
-        name, _, value = item.partition("=")
-        if name == "glibc.malloc.mmap_threshold" and value.isdigit():
-            return int(value)
-    return MMAP_THRESHOLD
+    value = _tunable("mmap_threshold")
+    return int(value) if value is not None and value.isdigit() else MMAP_THRESHOLD
 
 
 def _one_peak(bench) -> tuple[int | None, str]:

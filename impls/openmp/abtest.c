@@ -17,24 +17,14 @@
 #include <string.h>
 #include <time.h>
 
-typedef int (*lateral_t)(const float *, const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t);
-typedef int (*pack_t)(const float *, int64_t, int64_t, float *);
-typedef int (*fused_t)(const float *, const float *, const float *, int, const float *, const float *, const float *,
-                       const float *, const float *, float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t,
-                       int64_t, int64_t);
-typedef int (*vh_t)(const float *, const float *, const float *, const float *, const float *, float *, int64_t,
-                    int64_t, int64_t, int64_t, int64_t, int64_t);
-typedef int (*vh_backward_t)(const float *, const float *, const float *, const float *, const float *, float *,
-                             float *, float *, float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
-typedef int (*lateral_backward_t)(const float *, const float *, const float *, float *, float *, float *, int64_t,
-                                  int64_t, int64_t, int64_t);
+#include "flatconv_api.h" /* the signatures, from the one place that declares them */
 
 struct build {
-    lateral_t lateral;
-    fused_t fused;
-    vh_t vh;
-    vh_backward_t vh_backward;
-    lateral_backward_t lateral_backward;
+    __typeof__(&fc_lateral_f32) lateral;
+    __typeof__(&fc_fused_forward_f32) fused;
+    __typeof__(&fc_vh_f32) vh;
+    __typeof__(&fc_vh_backward_f32) vh_backward;
+    __typeof__(&fc_lateral_backward_f32) lateral_backward;
     float *packed;
     int mr;
 };
@@ -101,13 +91,13 @@ int main(int argc, char **argv)
             fprintf(stderr, "abtest: %s\n", dlerror());
             return 2;
         }
-        lib[i].lateral = (lateral_t)symbol(h, "fc_lateral_f32");
-        lib[i].fused = (fused_t)symbol(h, "fc_fused_forward_f32");
-        lib[i].vh = (vh_t)symbol(h, "fc_vh_f32");
-        lib[i].vh_backward = (vh_backward_t)symbol(h, "fc_vh_backward_f32");
-        lib[i].lateral_backward = (lateral_backward_t)symbol(h, "fc_lateral_backward_f32");
+        lib[i].lateral = (__typeof__(&fc_lateral_f32))symbol(h, "fc_lateral_f32");
+        lib[i].fused = (__typeof__(&fc_fused_forward_f32))symbol(h, "fc_fused_forward_f32");
+        lib[i].vh = (__typeof__(&fc_vh_f32))symbol(h, "fc_vh_f32");
+        lib[i].vh_backward = (__typeof__(&fc_vh_backward_f32))symbol(h, "fc_vh_backward_f32");
+        lib[i].lateral_backward = (__typeof__(&fc_lateral_backward_f32))symbol(h, "fc_lateral_backward_f32");
         lib[i].packed = filled((size_t)((N + 32) * C));
-        lib[i].mr = ((pack_t)symbol(h, "fc_pack_lateral_f32"))(L, N, C, lib[i].packed);
+        lib[i].mr = ((__typeof__(&fc_pack_lateral_f32))symbol(h, "fc_pack_lateral_f32"))(L, N, C, lib[i].packed);
     }
     size_t cap = 1 << 20;
     double *calls = malloc(cap * sizeof(double)), *ratios = malloc(cap * sizeof(double)), pass_median[2];

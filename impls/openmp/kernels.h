@@ -858,12 +858,6 @@ static int FN(lateral_backward)(const REAL *g_t1, const REAL *x, const REAL *L, 
                                 REAL *g_lb, ptrdiff_t B, ptrdiff_t C, ptrdiff_t N, ptrdiff_t P)
 {
     int nt = omp_get_max_threads();
-    /* g_l in column blocks (each thread packs only its own columns of x), and row blocks
-     * too when there are fewer column panels than threads */
-    ptrdiff_t rpan = (N + MR - 1) / MR, cpan = (C + NR - 1) / NR;
-    ptrdiff_t ncb = cpan < nt ? cpan : nt, nrb = (nt + ncb - 1) / ncb;
-    if (nrb > rpan) nrb = rpan;
-    ptrdiff_t mb = (rpan + nrb - 1) / nrb * MR, cb = (cpan + ncb - 1) / ncb * NR;
     ptrdiff_t a1 = FN(round_up)(FN(round_up)(C, MR) * N, 16); /* L^T packed */
     ptrdiff_t stride;
     REAL *ws = FN(alloc_ws)(a1 + (ptrdiff_t)KC * NC, nt, &stride);
@@ -898,6 +892,12 @@ static int FN(lateral_backward)(const REAL *g_t1, const REAL *x, const REAL *L, 
                         FN(dot_block)(ib * DR, jb * DC, N, C, P, B, g_t1, P, N * P, x, P, C * P, g_l, C, 0);
             }
         } else {
+            /* column blocks (each thread packs only its own columns of x), and row blocks
+             * too when there are fewer column panels than threads */
+            ptrdiff_t rpan = (N + MR - 1) / MR, cpan = (C + NR - 1) / NR;
+            ptrdiff_t ncb = cpan < nt ? cpan : nt, nrb = (nt + ncb - 1) / ncb;
+            if (nrb > rpan) nrb = rpan;
+            ptrdiff_t mb = (rpan + nrb - 1) / nrb * MR, cb = (cpan + ncb - 1) / ncb * NR;
 #pragma omp for collapse(2) schedule(static) nowait
             for (ptrdiff_t ib = 0; ib < nrb; ++ib)
                 for (ptrdiff_t jb = 0; jb < ncb; ++jb) {
