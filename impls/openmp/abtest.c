@@ -100,8 +100,9 @@ int main(int argc, char **argv)
         lib[i].mr = ((__typeof__(&fc_pack_lateral_f32))symbol(h, "fc_pack_lateral_f32"))(L, N, C, lib[i].packed);
     }
     size_t cap = 1 << 20;
-    double *calls = malloc(cap * sizeof(double)), *ratios = malloc(cap * sizeof(double)), pass_median[2];
-    double *medians[2] = {malloc(cap * sizeof(double)), malloc(cap * sizeof(double))};
+    double *calls = malloc(cap * sizeof(double)), *ratios = malloc(cap * sizeof(double));
+    double *medians[2] = {malloc(cap * sizeof(double)), malloc(cap * sizeof(double))}; /* per pass */
+    if (!calls || !ratios || !medians[0] || !medians[1]) exit(3);
     size_t nr = 0;
     double end = now() + seconds;
     while (now() < end && nr < cap) {
@@ -135,9 +136,10 @@ int main(int argc, char **argv)
                 calls[n++] = now() - t0;
             } while (now() < stop && n < cap);
             qsort(calls, n, sizeof(double), by_value);
-            pass_median[i] = medians[i][nr] = calls[n / 2];
+            medians[i][nr] = calls[n / 2];
         }
-        ratios[nr++] = pass_median[1] / pass_median[0];
+        ratios[nr] = medians[1][nr] / medians[0][nr];
+        ++nr;
     }
     qsort(ratios, nr, sizeof(double), by_value);
     for (int i = 0; i < 2; ++i) qsort(medians[i], nr, sizeof(double), by_value);
