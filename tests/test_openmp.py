@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -352,15 +353,20 @@ def test_missing_compiler_is_reported_not_raised(tmp_path):
 
 def test_abtest_times_two_builds_against_each_other():
     """abtest.sh builds the working tree's kernels twice (unoptimised here, to be quick) and
-    abtest.c prints the ratio line; a bad argument is exit status 2."""
+    abtest.c prints the ratio line with the instruction set it ran (FLATCONV_OPENMP_ISA forces
+    one); a bad argument is exit status 2."""
     if shutil.which("cc") is None or shutil.which("git") is None:
         pytest.skip("abtest.sh needs cc and git")
     script = os.path.join(os.path.dirname(_ext.__file__), "abtest.sh")
     env = dict(os.environ, ABTEST_CFLAGS="-O0", OMP_NUM_THREADS="2")
-    run = subprocess.run(["bash", script, "work", "work", "train", "3", "5", "7", "3", "2", "0.1"], env=env,
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(["bash", script, "work", "work", "train", "3", "5", "7", "3", "2", "0.1"],
+                         env=dict(env, FLATCONV_OPENMP_ISA="baseline"), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.startswith("train 3,5,7,3 batch 2: B/A "), run.stdout
+    assert re.match(r"train 3,5,7,3 batch 2 (sse2|baseline)", run.stdout), run.stdout  # the forced ISA, named
+    assert ": B/A " in run.stdout, run.stdout
+    unknown = subprocess.run(["bash", script, "work", "work", "train", "3", "5", "7", "3", "2", "0.1"],
+                             env=dict(env, FLATCONV_OPENMP_ISA="avx1024"), capture_output=True, text=True, timeout=300)
+    assert unknown.returncode == 2 and "avx1024" in unknown.stderr, unknown.stderr
     bad = subprocess.run(["bash", script, "work", "work", "train", "3", "5", "2", "3"], env=env, capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode == 2 and "S >= k" in bad.stderr, bad.stderr

@@ -8,7 +8,8 @@
  * times A then B for 20 ms each; the result is the median over passes of B's pass median
  * over A's, so a slow stretch of a shared machine slows both sides of a ratio alike.
  * float32, "same" padding k/2, inputs uniform in [-0.5, 0.5). abtest.sh builds the
- * libraries from two git revisions.
+ * libraries from two git revisions. FLATCONV_OPENMP_ISA=avx512|avx2|baseline forces one
+ * instruction set in both builds, as it does for the extension.
  */
 #include <dlfcn.h>
 #include <stdint.h>
@@ -84,13 +85,28 @@ int main(int argc, char **argv)
     float *g_t1 = filled((size_t)(B * N * P)), *g_x = filled((size_t)(B * C * P)), *g_l = filled((size_t)(N * C));
     float *g_lb = filled((size_t)N), *g_v = filled((size_t)(N * k)), *g_vb = filled((size_t)N);
     float *g_h = filled((size_t)(N * k)), *g_hb = filled((size_t)N);
+    const char *isa_name = getenv("FLATCONV_OPENMP_ISA");
+    int isa = -1; /* the numbering of flatconv.c's ISA_* */
+    if (isa_name && *isa_name) {
+        isa = !strcmp(isa_name, "baseline") ? 0 : !strcmp(isa_name, "avx2") ? 1 : !strcmp(isa_name, "avx512") ? 2 : -2;
+        if (isa == -2) {
+            fprintf(stderr, "abtest: FLATCONV_OPENMP_ISA=%s is not avx512, avx2 or baseline\n", isa_name);
+            return 2;
+        }
+    }
     struct build lib[2];
+    const char *running = NULL; /* the instruction set both builds run */
     for (int i = 0; i < 2; ++i) {
         void *h = dlopen(argv[1 + i], RTLD_NOW | RTLD_LOCAL);
         if (!h) {
             fprintf(stderr, "abtest: %s\n", dlerror());
             return 2;
         }
+        if (isa >= 0 && ((__typeof__(&fc_set_isa))symbol(h, "fc_set_isa"))(isa)) {
+            fprintf(stderr, "abtest: this CPU does not support FLATCONV_OPENMP_ISA=%s\n", isa_name);
+            return 2;
+        }
+        running = ((__typeof__(&fc_isa_name))symbol(h, "fc_isa_name"))(((__typeof__(&fc_isa))symbol(h, "fc_isa"))());
         lib[i].lateral = (__typeof__(&fc_lateral_f32))symbol(h, "fc_lateral_f32");
         lib[i].fused = (__typeof__(&fc_fused_forward_f32))symbol(h, "fc_fused_forward_f32");
         lib[i].vh = (__typeof__(&fc_vh_f32))symbol(h, "fc_vh_f32");
@@ -144,9 +160,9 @@ int main(int argc, char **argv)
     qsort(ratios, nr, sizeof(double), by_value);
     for (int i = 0; i < 2; ++i) qsort(medians[i], nr, sizeof(double), by_value);
     /* the times move with the machine between passes; the ratio is what to trust */
-    printf("%s %lld,%lld,%lld,%lld batch %lld: B/A %.3f (passes %zu, 10th-90th percentile %.3f-%.3f; "
+    printf("%s %lld,%lld,%lld,%lld batch %lld %s: B/A %.3f (passes %zu, 10th-90th percentile %.3f-%.3f; "
            "median of pass medians A %.1f us, B %.1f us)\n",
-           argv[3], (long long)C, (long long)N, (long long)S, (long long)k, (long long)B, ratios[nr / 2], nr,
+           argv[3], (long long)C, (long long)N, (long long)S, (long long)k, (long long)B, running, ratios[nr / 2], nr,
            ratios[nr / 10], ratios[nr * 9 / 10], 1e6 * medians[0][nr / 2], 1e6 * medians[1][nr / 2]);
     return 0;
 }

@@ -440,8 +440,8 @@ static void FN(vh_rows_2pass)(REAL *restrict y, const REAL *rows, ptrdiff_t row0
 }
 
 /* The lane permutes of the register pass (vh_reg_k) for one layer, set up once per
- * thread: R rows per vector (0: the pass does not apply; it needs AVX-512, "same"
- * padding, k <= 7, W a multiple or a divisor of LANES) and, per H tap s (d = s - p):
+ * thread: R rows per vector (0: the pass does not apply; it needs "same" padding, k <= 7,
+ * and W a multiple or (AVX-512 only) a divisor of LANES) and, per H tap s (d = s - p):
  *  - R == 1: lanes of prev (index < LANES) and cur, or of cur and next;
  *  - R > 1: lanes of the same row, else lane 0 of the zero vector (index LANES). */
 typedef struct {
@@ -454,6 +454,8 @@ static void FN(vh_reg_init)(FN(vhreg_t) *st, ptrdiff_t W, ptrdiff_t k, ptrdiff_t
     st->R = 0;
 #if VBYTES == 64
     if (2 * p == k - 1 && k <= 7 && (W % LANES == 0 || LANES % W == 0)) st->R = W < LANES ? LANES / W : 1;
+#elif VBYTES == 32
+    if (2 * p == k - 1 && k <= 7 && W % LANES == 0) st->R = 1;
 #endif
     if (!st->R) return;
     for (ptrdiff_t s = 0; s < k; ++s) {
@@ -469,7 +471,7 @@ static void FN(vh_reg_init)(FN(vhreg_t) *st, ptrdiff_t W, ptrdiff_t k, ptrdiff_t
     }
 }
 
-#if VBYTES == 64
+#if VBYTES >= 32
 /* V at one vector: vb + sum_r v[r] * rowp[r][off .. off + LANES). */
 static inline __attribute__((always_inline)) VEC FN(vtap_k)(const REAL *const *rowp, ptrdiff_t off, const VEC *v,
                                                             int k, VEC vbv)
@@ -477,6 +479,15 @@ static inline __attribute__((always_inline)) VEC FN(vtap_k)(const REAL *const *r
     VEC t = vbv;
     for (int r = 0; r < k; ++r) t += v[r] * FN(vload)(rowp[r] + off);
     return t;
+}
+
+/* Pointers to the k t1 rows i0 .. i0 + k - 1 that V reads for one output row: image row i
+ * at rows + (i - row0) * W, or `zrow` (a row of zeros) for rows outside the image. */
+static inline __attribute__((always_inline)) void FN(tap_rows)(const REAL **rowp, const REAL *rows, ptrdiff_t row0,
+                                                               ptrdiff_t i0, ptrdiff_t H, ptrdiff_t W, int k,
+                                                               const REAL *zrow)
+{
+    for (int r = 0; r < k; ++r) rowp[r] = i0 + r >= 0 && i0 + r < H ? rows + (i0 + r - row0) * W : zrow;
 }
 
 /* One output row of V then H for W a multiple of LANES, "same" padding: t2 vector c is
@@ -490,13 +501,21 @@ static inline __attribute__((always_inline)) void FN(vh_row_k)(REAL *restrict yr
     const int p = (k - 1) / 2;
     const VEC zero = (VEC){0};
     ptrdiff_t nv = W / LANES;
-    VEC prev = zero, cur = FN(vtap_k)(rowp, 0, v, k, vbv), next;
+    VEC prev = zero, cur = FN(vtap_k)(rowp, 0, v, k, vbv), next = zero;
     for (ptrdiff_t c = 0; c < nv; ++c) {
-        next = c + 1 < nv ? FN(vtap_k)(rowp, (c + 1) * LANES, v, k, vbv) : zero;
+        if (nv > 1) /* a row of one vector (8 x 8 on AVX2) has no next: the test lets the compiler see it */
+            next = c + 1 < nv ? FN(vtap_k)(rowp, (c + 1) * LANES, v, k, vbv) : zero;
         VEC acc = hbv;
         for (int s = 0; s < k; ++s) {
             int d = s - p;
-            VEC win = d < 0 ? __builtin_shuffle(prev, cur, idx[s]) : d > 0 ? __builtin_shuffle(cur, next, idx[s]) : cur;
+#if VBYTES == 64
+            IVEC ix = idx[s]; /* one vpermt2ps whatever the indices */
+#else
+            IVEC ix; /* constant indices (k is), which AVX2 does in two shuffles */
+            for (int l = 0; l < LANES; ++l) ix[l] = (IREAL)(d < 0 ? LANES + d + l : d + l);
+            (void)idx;
+#endif
+            VEC win = d < 0 ? __builtin_shuffle(prev, cur, ix) : d > 0 ? __builtin_shuffle(cur, next, ix) : cur;
             acc += h[s] * win;
         }
         FN(vstore)(yr + c * LANES, acc);
@@ -509,8 +528,9 @@ static inline __attribute__((always_inline)) void FN(vh_row_k)(REAL *restrict yr
  * padding (k odd, p = (k - 1) / 2, so OH = H and OW = W): each t2 vector is computed
  * once and kept in a register, and H's shifted windows are lane permutes (vpermt2ps),
  * so t2 never goes through memory and H does no unaligned reloads of values just
- * stored (which stall on store forwarding, by a varying amount). AVX-512 only: there a
- * two-source permute is one instruction.
+ * stored (which stall on store forwarding, by a varying amount). AVX-512 and AVX2 (there
+ * only W a multiple of LANES, with the permutes' indices known at compile time: AVX2 has
+ * no two-source permute, and runtime indices cost more than the pass saves).
  *  - W a multiple of LANES (vh_row_k): a row is W / LANES vectors; a window takes lanes
  *    from the previous, current and next vector of the row (zero past the row ends).
  *    t1 rows outside the image are read as a row of zeros put in `t2s`.
@@ -538,15 +558,28 @@ static inline __attribute__((always_inline)) void FN(vh_reg_k)(REAL *restrict y,
         idx[s] = st->idx[s];
     }
     const VEC zero = (VEC){0}, vbv = (VEC){0} + vb, hbv = (VEC){0} + hb;
-    if (R == 1) { /* rows outside the image read a row of zeros */
-        int zeroed = 0;
-        for (ptrdiff_t o = oa; o < ob; ++o) {
-            const REAL *rowp[8];
-            for (int r = 0; r < k; ++r) {
-                ptrdiff_t i = o - p + r;
-                rowp[r] = padded || (i >= 0 && i < H) ? rows + (i - row0) * W : t2s;
-                if (rowp[r] == t2s && !zeroed++) memset(t2s, 0, (size_t)W * sizeof(REAL));
-            }
+    if (R == 1) {
+        /* rows [lo, hi) have every tap row in the buffer; the others (image border, when
+         * not padded) read a row of zeros for the rows outside the image */
+        ptrdiff_t lo = oa, hi = ob;
+        if (!padded) {
+            lo = p < oa ? oa : p < ob ? p : ob;
+            hi = H + p - k + 1 < ob ? H + p - k + 1 : ob;
+            if (hi < lo) hi = lo;
+        }
+        if (lo > oa || hi < ob) memset(t2s, 0, (size_t)W * sizeof(REAL));
+        const REAL *rowp[8];
+        ptrdiff_t o = oa;
+        for (; o < lo; ++o) { /* top border */
+            FN(tap_rows)(rowp, rows, row0, o - p, H, W, k, t2s);
+            FN(vh_row_k)(y + o * W, rowp, W, k, v, h, idx, vbv, hbv);
+        }
+        for (const REAL *base = rows + (o - p - row0) * W; o < hi; ++o, base += W) {
+            for (int r = 0; r < k; ++r) rowp[r] = base + r * W;
+            FN(vh_row_k)(y + o * W, rowp, W, k, v, h, idx, vbv, hbv);
+        }
+        for (; o < ob; ++o) { /* bottom border */
+            FN(tap_rows)(rowp, rows, row0, o - p, H, W, k, t2s);
             FN(vh_row_k)(y + o * W, rowp, W, k, v, h, idx, vbv, hbv);
         }
         return;
@@ -578,11 +611,13 @@ static inline __attribute__((always_inline)) void FN(vh_reg_k)(REAL *restrict y,
 
 /* Output rows [oa, ob) of one channel, V then H: by the register pass where it applies
  * (st->R > 0), else by vh_rows_2pass. `padded`: see vh_reg_k. */
-static void FN(vh_rows)(REAL *restrict y, const REAL *rows, ptrdiff_t row0, ptrdiff_t oa, ptrdiff_t ob, ptrdiff_t H,
-                        ptrdiff_t W, ptrdiff_t k, ptrdiff_t p, const REAL *V, REAL vb, const REAL *Hw, REAL hb,
-                        REAL *scratch, const FN(hmask_t) *hm, const FN(vhreg_t) *st, int padded)
+static inline __attribute__((always_inline)) void FN(vh_rows)(REAL *restrict y, const REAL *rows, ptrdiff_t row0,
+                                                              ptrdiff_t oa, ptrdiff_t ob, ptrdiff_t H, ptrdiff_t W,
+                                                              ptrdiff_t k, ptrdiff_t p, const REAL *V, REAL vb,
+                                                              const REAL *Hw, REAL hb, REAL *scratch,
+                                                              const FN(hmask_t) *hm, const FN(vhreg_t) *st, int padded)
 {
-#if VBYTES == 64
+#if VBYTES >= 32
     if (st->R) {
         switch (k) {
         case 1: FN(vh_reg_k)(y, rows, row0, oa, ob, H, W, 1, V, vb, Hw, hb, scratch, padded, st); return;
@@ -593,6 +628,7 @@ static void FN(vh_rows)(REAL *restrict y, const REAL *rows, ptrdiff_t row0, ptrd
     }
 #endif
     (void)padded;
+    (void)st;
     FN(vh_rows_2pass)(y, rows, row0, oa, ob, H, W, k, p, V, vb, Hw, hb, scratch, hm);
 }
 
