@@ -52,21 +52,45 @@ def cpu_isa() -> str:
     return platform.machine()
 
 
-def cpu_family_model() -> str | None:
-    """x86's "family/model" of the CPU (e.g. 25/1, Zen 3), which the model name ("AMD EPYC"
-    on a VM) often hides: two machines of one instruction set can differ 3x per core."""
-    fields = {}
+def _cpuinfo(*keys: str) -> dict:
+    """The first value of each of `keys` in /proc/cpuinfo (absent keys left out)."""
+    fields: dict = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 key = line.split(":", 1)[0].strip()
-                if key in ("cpu family", "model") and key not in fields:
+                if key in keys and key not in fields:
                     fields[key] = line.split(":", 1)[1].strip()
-                if len(fields) == 2:
+                if len(fields) == len(keys):
                     break
     except OSError:
-        return None
+        pass
+    return fields
+
+
+def cpu_family_model() -> str | None:
+    """x86's "family/model" of the CPU (e.g. 25/1, Zen 3), which the model name ("AMD EPYC"
+    on a VM) often hides: two machines of one instruction set can differ 3x per core."""
+    fields = _cpuinfo("cpu family", "model")
     return f"{fields['cpu family']}/{fields['model']}" if len(fields) == 2 else None
+
+
+_VENDORS = {"GenuineIntel": "intel", "AuthenticAMD": "amd", "HygonGenuine": "hygon", "CentaurHauls": "centaur"}
+
+
+def cpu_vendor() -> str | None:
+    """The CPU's vendor (intel, amd, ...), from x86's vendor id; None where it has none."""
+    vendor = _cpuinfo("vendor_id").get("vendor_id")
+    return _VENDORS.get(vendor, vendor.lower()) if vendor else None
+
+
+def cpu_tag() -> str:
+    """A file-name tag for this kind of CPU: instruction set, vendor and family-model, e.g.
+    avx512-intel-6-143 or avx2-amd-25-1. Two machines of one instruction set (an AVX-512
+    Zen 4 and an AVX-512 Xeon) get different tags, so their sweeps never overwrite each other."""
+    family_model = cpu_family_model()
+    parts = [cpu_isa(), cpu_vendor(), family_model.replace("/", "-") if family_model else None]
+    return "-".join(p for p in parts if p)
 
 
 def _compiler() -> str | None:
@@ -133,6 +157,7 @@ def metadata() -> dict:
         "cpu_model": _cpu_model(),
         "cpu_isa": cpu_isa(),
         "cpu_family_model": cpu_family_model(),
+        "cpu_vendor": cpu_vendor(),
         "cpu_cores_physical": psutil.cpu_count(logical=False),
         "cpu_cores_logical": psutil.cpu_count(logical=True),
         "cpu_freq_mhz": round(freq.max or freq.current) if freq else None,

@@ -45,7 +45,8 @@ SHARED = [
     Option("--all-rows", False, "every row of the sweep table, not its seeded subset", switch=True),
     Option("--threads", "", "comma-separated thread counts, each case runs at each (default: all cores, or BENCH_THREADS)"),
     Option("--results", None, "write one JSON record per case to this .jsonl file as it finishes; the file is "
-                              "started anew unless --resume; {cpu_isa} and {host} in the name become this machine's"),
+                              "started anew unless --resume; {cpu} (instruction set, vendor, family-model), {cpu_isa} "
+                              "and {host} in the name become this machine's"),
     Option("--resume", False, "keep the results file and skip the cases it already holds as ok", switch=True),
 ]
 
@@ -84,8 +85,9 @@ def thread_counts(value) -> list[int | None]:
 
 
 def results_path(value) -> str | None:
-    """The results file, checked writable. `{cpu_isa}` and `{host}` in it become this
-    machine's (so one command names the sweeps of different machines apart)."""
+    """The results file, checked writable. `{cpu}` (machine.cpu_tag()), `{cpu_isa}` and
+    `{host}` in it become this machine's (so one command names the sweeps of different
+    machines apart)."""
     if value in (None, ""):
         return None
     if "{" in str(value):
@@ -93,9 +95,9 @@ def results_path(value) -> str | None:
 
         meta = machine.metadata()
         try:
-            value = str(value).format(cpu_isa=meta["cpu_isa"], host=meta["host"])
+            value = str(value).format(cpu=machine.cpu_tag(), cpu_isa=meta["cpu_isa"], host=meta["host"])
         except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f"--results: {value!r} may hold {{cpu_isa}} and {{host}} only ({e})") from None
+            raise ValueError(f"--results: {value!r} may hold {{cpu}}, {{cpu_isa}} and {{host}} only ({e})") from None
     why = records.writable(value)
     if why:
         raise ValueError(f"--results: {why}")

@@ -136,6 +136,7 @@ MACHINE_FIELDS = {
     "host": "host name", "platform": "OS and kernel", "python": "Python version",
     "cpu_model": "CPU model", "cpu_isa": "widest vector instruction set of the CPU (avx512, avx2, ...)",
     "cpu_family_model": "x86 family/model of the CPU (25/1 is Zen 3): a VM's model name often hides it",
+    "cpu_vendor": "CPU vendor (intel, amd, ...) from x86's vendor id",
     "cpu_cores_physical": "physical cores", "cpu_cores_logical": "logical cores", "cpu_freq_mhz": "CPU MHz (max)",
     "memory_bytes": "memory", "gpu_name": "GPU", "gpu_driver": "GPU driver", "gpu_memory_bytes": "GPU memory",
     "gpu_clocks": "GPU clocks (MHz)", "torch_version": "torch", "cuda_version": "CUDA (torch's)",

@@ -580,6 +580,25 @@ def test_pytest_and_cli_share_the_options_and_their_defaults():
     assert {opt.flag for opt in options.SHARED} <= flags
 
 
+def test_results_name_tells_machines_of_one_instruction_set_apart(tmp_path, monkeypatch):
+    """{cpu} in --results names the instruction set, the vendor and the family-model, so an
+    AVX-512 Zen 4 and an AVX-512 Xeon write different files; an unknown field is one line."""
+    cpuinfo = {"zen4": "vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nflags\t\t: fpu avx2 avx512f\n",
+               "xeon": "vendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\nflags\t\t: fpu avx2 avx512f\n"}
+    real_open = open
+    names = {}
+    for cpu, text in cpuinfo.items():
+        (tmp_path / cpu).write_text(text)
+        monkeypatch.setattr("builtins.open", lambda f, *a, _p=tmp_path / cpu, **k: real_open(
+            _p if f == "/proc/cpuinfo" else f, *a, **k))
+        names[cpu] = options.results_path(str(tmp_path / "cpu-paper-{cpu}.jsonl"))
+        monkeypatch.setattr("builtins.open", real_open)
+    assert Path(names["zen4"]).name == "cpu-paper-avx512-amd-25-17.jsonl"
+    assert Path(names["xeon"]).name == "cpu-paper-avx512-intel-6-143.jsonl"
+    with pytest.raises(ValueError, match=r"may hold \{cpu\}, \{cpu_isa\} and \{host\} only"):
+        options.results_path(str(tmp_path / "{gpu}.jsonl"))
+
+
 def test_gpu_script_runs_its_stages_and_names_the_pass(tmp_path):
     """Without a GPU every stage still runs and writes its file: the CUDA cases are
     recorded as skipped, and the pass's results file carries the pass's name."""
