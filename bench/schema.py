@@ -173,11 +173,17 @@ def upgrade(record: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------- trust
-# A timed case deserves less trust when its calls spread widely, when a second measurement
-# in the same run disagrees, when the compute probe around it ran well below the run's reference
-# (the cores were slow then), when the interval of its median is wide, or when a GPU
-# throttled. The harness re-measures such cases at the end of a run; the report lists them.
-SPREAD, REPEAT, SLOW_PROBE, WIDE_CI = 0.10, 0.10, 0.15, 0.05
+# A timed case deserves less trust when a second measurement in the same run disagrees,
+# when the compute probe around it ran well below the run's reference (the cores were slow
+# then), when the interval of its median is wide, or when a GPU throttled. The harness
+# re-measures such cases at the end of a run; the report lists them. The spread of single
+# calls (time_iqr) is recorded and shown but is no flag: it is how a kernel's calls vary on
+# a machine, not how far the median can be off, which its interval says. Two `tox -e bench`
+# runs of one commit on an AVX-512 Xeon VM: cases with an IQR above 10% of the median
+# (117 of 190 speedups) repeated within 10% as often as the others (96% vs 93%), the IQR's
+# rank correlation with the change between runs -0.07; as a flag it had marked 58-62% of
+# every run and sent a third of the cases to be measured again for nothing.
+REPEAT, SLOW_PROBE, WIDE_CI = 0.10, 0.15, 0.05
 REFERENCE_QUANTILE = 0.9
 
 
@@ -210,9 +216,6 @@ def quality_flags(rec: dict, reference: float | None = None) -> list[tuple[str, 
     if rec.get("status") != "ok" or not med:
         return []
     flags = []
-    iqr = _num(rec.get("time_iqr"))
-    if iqr is not None and iqr / med > SPREAD:
-        flags.append((f"IQR {iqr / med:.0%} of the median", iqr / med))
     rep = _num(rec.get("time_repeat_median"))
     if rep is not None and abs(rep / med - 1) > REPEAT:
         flags.append((f"repeat {rep / med:.2f}x", abs(rep / med - 1)))

@@ -383,9 +383,9 @@ def build(inputs: list | None = None, out: Path | str | None = None, problems: l
     flagged, timed = tables.quality(df), int((df["status"] == "ok").sum()) if not df.empty else 0
     listed = flagged.head(40)
     sections.append(("quality", "Measurement quality", (
-        html.paragraph(f"{len(flagged)} of {timed} timed cases are flagged: an IQR above 10% of the median, a "
-                       f"second measurement in the same run more than 10% away (time_repeat_median), a "
-                       f"compute probe taken around the case more than 8% below the best of its run "
+        html.paragraph(f"{len(flagged)} of {timed} timed cases are flagged: a second measurement in the same "
+                       f"run more than {schema.REPEAT:.0%} away (time_repeat_median), a compute probe taken "
+                       f"around the case more than {schema.SLOW_PROBE:.0%} below its run's reference "
                        f"(probe_gflops: the cores were slow then), a 95% interval of the median reaching "
                        f"further than ±{schema.WIDE_CI:.0%} of it (time_ci95_low/high), or a GPU that was "
                        f"throttled while the case ran (throttled: a slow period of the GPU). Compare "
@@ -393,7 +393,7 @@ def build(inputs: list | None = None, out: Path | str | None = None, problems: l
                        + (f"; the {len(listed)} worst are listed, results.csv has every case." if len(flagged) > len(listed)
                           else "."), "meta")
         + html.table(listed, formats={"median": html.fmt_time})) if not flagged.empty
-        else html.empty(f"None of the {timed} timed cases is flagged (spread, repeat, slow period, "
+        else html.empty(f"None of the {timed} timed cases is flagged (repeat, slow period, "
                         f"interval width, throttling).")))
 
     machines = tables.machines(df, data.asv_machines)

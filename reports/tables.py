@@ -298,8 +298,8 @@ def failures(df: pd.DataFrame, max_listed: int = 6) -> pd.DataFrame:
 
 def quality(df: pd.DataFrame) -> pd.DataFrame:
     """Timed cases whose number deserves less trust, with why (bench.schema.quality_flags:
-    a wide spread, a second measurement that disagrees, a compute probe well below the
-    reference of its run and thread count, a wide interval of the median, a throttled GPU).
+    a second measurement that disagrees, a compute probe well below the reference of its
+    run and thread count, a wide interval of the median, a throttled GPU).
     Worst first."""
     columns = ["machine", "device", "impl", "layer", "direction", "median", "flags"]
     ok = df[df["status"] == "ok"]

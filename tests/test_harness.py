@@ -257,7 +257,7 @@ def test_remeasure_measures_a_flagged_group_again_and_keeps_the_first(monkeypatc
     recs = list(driver.Driver(settings, records.ResultsWriter(out)).run(found))
     assert [(r["impl"], r["attempt"]) for r in recs] == [("jittery", 1), ("torch", 1), ("jittery", 2), ("torch", 2)]
     first, again = recs[0], recs[2]
-    assert any(text.startswith("IQR") for text, _ in schema.quality_flags(first))
+    assert any(text.startswith("95% interval") for text, _ in schema.quality_flags(first))  # half the calls slow
     assert again["earlier_attempts"][0]["time_median"] == first["time_median"]
     assert again["time_median"] < first["time_median"]  # the 3 ms sleeps are gone
     assert recs[3]["earlier_attempts"][0]["time_median"] == recs[1]["time_median"]  # its comparator too

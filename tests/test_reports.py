@@ -410,24 +410,25 @@ def test_models_section_lists_the_papers_datasets(tmp_path):
     assert "CIFAR-10 (subset): cifar.models.json" in models  # the fixture measured CIFAR-10
 
 
-def test_quality_flags_spread_repeat_and_slow_periods():
+def test_quality_flags_interval_repeat_and_slow_periods():
     import pandas as pd
 
     from reports.tables import quality
     base = {"status": "ok", "machine": "m", "device": "cpu", "impl": "openmp", "layer": "L", "direction": "forward",
             "time_median": 1.0, "time_iqr": 0.02, "time_repeat_median": 1.01, "cpu_utilization": 1.98,
-            "machine_threads": 2}
+            "machine_threads": 2, "time_ci95_low": 0.99, "time_ci95_high": 1.01}
     df = pd.DataFrame([
         base,
-        {**base, "impl": "wide", "time_iqr": 0.3},
+        {**base, "impl": "wide_interval", "time_ci95_low": 0.7},
         {**base, "impl": "drifted", "time_repeat_median": 1.25},
+        {**base, "impl": "spread_calls", "time_iqr": 0.3},  # not a flag: the median's interval is tight
         {**base, "impl": "one_busy_cpu", "cpu_utilization": 1.05},  # not a flag: threads may idle
-        {**base, "impl": "failed", "status": "failed", "time_iqr": 0.9},
+        {**base, "impl": "failed", "status": "failed", "time_ci95_low": 0.1},
     ])
     q = quality(df)
-    assert list(q["impl"]) == ["wide", "drifted"]  # worst first
+    assert list(q["impl"]) == ["wide_interval", "drifted"]  # worst first
     flags = dict(zip(q["impl"], q["flags"]))
-    assert flags["wide"] == "IQR 30% of the median"
+    assert flags["wide_interval"] == "95% interval ±30.0% of the median"
     assert flags["drifted"] == "repeat 1.25x"
     # a compute probe well below the reference of its run (same run and thread count: the
     # 90th percentile of its readings, 208.5 here) is flagged; 10% below is not
@@ -440,12 +441,12 @@ def test_quality_flags_spread_repeat_and_slow_periods():
     assert list(q["impl"]) == ["slow_period"] and q["flags"][0] == "compute probe 28% below its run's reference"
 
 
-def test_quality_section_in_the_report(tmp_path):
+def test_a_spread_of_calls_alone_is_no_flag(tmp_path):
     index, text, page, problems = _build(tmp_path / "out", "cpu-devbox.jsonl")
     section = _text(_section(text, "quality"))
-    # the version-1 file's spreads (the generator draws IQRs of 2-12% of the median)
-    assert "44 of 197 timed cases are flagged" in section
-    assert "devbox | cpu | openmp_fused | paper:c128-n128-s16-k3 | train | 2.42 ms | IQR 12% of the median" in section
+    # the version-1 file's calls spread (the generator draws IQRs of 2-12% of the median)
+    # but nothing else is wrong with them
+    assert "None of the 197 timed cases is flagged" in section
 
 
 @pytest.fixture(scope="module")
@@ -453,6 +454,16 @@ def current(tmp_path_factory):
     """The schema-version-2 files only: two CPU machines (avx2, avx512) and a GPU."""
     return _build(tmp_path_factory.mktemp("current") / "out", "cpu-epyc-v2.jsonl", "cpu-xeon-v2.jsonl",
                   "gpu-h200-v2.jsonl")
+
+
+def test_quality_section_in_the_report(current):
+    index, text, page, problems = current
+    section = _text(_section(text, "quality"))
+    assert "3 of 310 timed cases are flagged" in section
+    for line in ("ci-epyc (avx2) | cpu | torch_compile | paper:c128-n128-s16-k3 | train | 817 µs | 95% interval ±5.5%",
+                 "ci-xeon (avx512) | cpu | openmp | paper:c32-n32-s64-k5 | backward | 2.13 ms | compute probe 20% below",
+                 "| cuda | cupy_fused | paper:c3-n64-s32-k5 | train | 35 µs | GPU throttled",):
+        assert line in section, section
 
 
 def test_current_schema_report(current):
