@@ -27,31 +27,6 @@ RECORDED_ENV = ("GLIBC_TUNABLES", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "OMP_PRO
                 "KMP_AFFINITY", "CUDA_VISIBLE_DEVICES")
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_isa() -> str:
-    """The widest vector instruction set the CPU reports: avx512, avx2, avx, sse or the
-    architecture's name. Results of different instruction sets are never compared."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith(("flags", "Features"))), [])
-    except OSError:
-        flags = []
-    for flag, name in (("avx512f", "avx512"), ("avx2", "avx2"), ("avx", "avx"), ("sse4_2", "sse"), ("asimd", "neon")):
-        if flag in flags:
-            return name
-    return platform.machine()
-
-
 def _cpuinfo(*keys: str) -> dict:
     """The first value of each of `keys` in /proc/cpuinfo (absent keys left out)."""
     fields: dict = {}
@@ -66,6 +41,21 @@ def _cpuinfo(*keys: str) -> dict:
     except OSError:
         pass
     return fields
+
+
+def _cpu_model() -> str:
+    return _cpuinfo("model name").get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_isa() -> str:
+    """The widest vector instruction set the CPU reports: avx512, avx2, avx, sse or the
+    architecture's name. Results of different instruction sets are never compared."""
+    info = _cpuinfo("flags", "Features")  # x86's and Arm's names
+    flags = (info.get("flags") or info.get("Features") or "").split()
+    for flag, name in (("avx512f", "avx512"), ("avx2", "avx2"), ("avx", "avx"), ("sse4_2", "sse"), ("asimd", "neon")):
+        if flag in flags:
+            return name
+    return platform.machine()
 
 
 def cpu_family_model() -> str | None:
@@ -84,12 +74,13 @@ def cpu_vendor() -> str | None:
     return _VENDORS.get(vendor, vendor.lower()) if vendor else None
 
 
-def cpu_tag() -> str:
-    """A file-name tag for this kind of CPU: instruction set, vendor and family-model, e.g.
-    avx512-intel-6-143 or avx2-amd-25-1. Two machines of one instruction set (an AVX-512
-    Zen 4 and an AVX-512 Xeon) get different tags, so their sweeps never overwrite each other."""
-    family_model = cpu_family_model()
-    parts = [cpu_isa(), cpu_vendor(), family_model.replace("/", "-") if family_model else None]
+def cpu_tag(meta: dict) -> str:
+    """A file-name tag for the kind of CPU that `meta` (metadata()) describes: instruction
+    set, vendor and family-model, e.g. avx512-intel-6-143 or avx2-amd-25-1. Two machines of
+    one instruction set (an AVX-512 Zen 4 and an AVX-512 Xeon) get different tags, so their
+    sweeps never overwrite each other."""
+    family_model = meta.get("cpu_family_model")
+    parts = [meta.get("cpu_isa"), meta.get("cpu_vendor"), family_model.replace("/", "-") if family_model else None]
     return "-".join(p for p in parts if p)
 
 

@@ -85,7 +85,7 @@ def thread_counts(value) -> list[int | None]:
 
 
 def results_path(value) -> str | None:
-    """The results file, checked writable. `{cpu}` (machine.cpu_tag()), `{cpu_isa}` and
+    """The results file, checked writable. `{cpu}` (machine.cpu_tag), `{cpu_isa}` and
     `{host}` in it become this machine's (so one command names the sweeps of different
     machines apart)."""
     if value in (None, ""):
@@ -95,7 +95,7 @@ def results_path(value) -> str | None:
 
         meta = machine.metadata()
         try:
-            value = str(value).format(cpu=machine.cpu_tag(), cpu_isa=meta["cpu_isa"], host=meta["host"])
+            value = str(value).format(cpu=machine.cpu_tag(meta), cpu_isa=meta["cpu_isa"], host=meta["host"])
         except (KeyError, IndexError, ValueError) as e:
             raise ValueError(f"--results: {value!r} may hold {{cpu}}, {{cpu_isa}} and {{host}} only ({e})") from None
     why = records.writable(value)

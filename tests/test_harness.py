@@ -591,8 +591,10 @@ def test_results_name_tells_machines_of_one_instruction_set_apart(tmp_path, monk
         (tmp_path / cpu).write_text(text)
         monkeypatch.setattr("builtins.open", lambda f, *a, _p=tmp_path / cpu, **k: real_open(
             _p if f == "/proc/cpuinfo" else f, *a, **k))
+        machine.metadata.cache_clear()  # read this /proc/cpuinfo
         names[cpu] = options.results_path(str(tmp_path / "cpu-paper-{cpu}.jsonl"))
         monkeypatch.setattr("builtins.open", real_open)
+    machine.metadata.cache_clear()  # the real machine's again for the tests after this one
     assert Path(names["zen4"]).name == "cpu-paper-avx512-amd-25-17.jsonl"
     assert Path(names["xeon"]).name == "cpu-paper-avx512-intel-6-143.jsonl"
     with pytest.raises(ValueError, match=r"may hold \{cpu\}, \{cpu_isa\} and \{host\} only"):
