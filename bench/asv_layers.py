@@ -41,7 +41,7 @@ class _Layer:
         self.bench = asv_support.set_up(cases.Case(impl, device, table, row, "float32", self.direction))
 
     def track_peak_bytes(self, impl, device, layer):
-        return memory.peak_bytes(self.bench)[0]
+        return memory.peak(self.bench)["peak_bytes"]
 
     track_peak_bytes.unit = "bytes"
 

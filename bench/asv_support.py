@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from . import cases, driver, tables, timing
+from . import cases, driver, memory, tables, timing
 
 PRESET = [t for t in os.environ.get("BENCH_ASV_PRESET", "ci").split(",") if t]
 CI_ONLY = PRESET == ["ci"]
@@ -43,6 +43,9 @@ def layers() -> list[str]:
 
 
 def set_up(case):
+    # under the launcher (python -m bench.memory run -- asv ...) the allocation counter is
+    # preloaded: off for the timed calls, on for track_peak_bytes' calls only
+    memory.counting()
     bench, _, rec = driver.Driver().set_up(case)
     if rec is None:
         return bench

@@ -1,20 +1,40 @@
-"""Peak memory of one call.
+"""Peak memory of one call, and the allocation counter behind the CPU figure.
 
 GPU: torch's peak allocated bytes since a reset (the CuPy implementations route CuPy's
-allocations through torch's allocator, so they count). CPU: the rise of the process's
-resident high-water mark (VmHWM, reset by writing 5 to /proc/self/clear_refs) over its
-resident size before the call, after giving glibc's free heap back to the OS, with
-transparent huge pages off for the call. asv's own
+allocations through torch's allocator, so they count).
+
+CPU, two figures. `peak_bytes`, where the process runs with the counter
+(bench/malloc_count.c in LD_PRELOAD: `preload_env`, or `python -m bench.memory run -- CMD`),
+is the allocator's own count of bytes in use (the size asked for of every live block,
+rounded up to 8 bytes, without the slack glibc adds as its heap happens to lie): its peak
+over one call minus what was in use just before. `peak_rss_bytes` is the rise of the
+process's resident high-water mark (VmHWM, reset by writing 5 to /proc/self/clear_refs)
+over its resident size before the call, after giving glibc's free heap back to the OS,
+with transparent huge pages off and buffers mmapped for the call. The resident figure is
+what the OS pays, but for oneDNN/ATen it moved in whole 1 MiB steps between processes
+(glibc reusing free chunks that were or were not resident: `torch` train on
+(128,128,16,3) read 7.13, 8.14 or 9.14 MiB), which asv reported as changes between
+identical commits; the allocator's count does not depend on residency, so it repeats.
+Without the counter `peak_bytes` is the resident figure. Memory mapped without malloc
+(pymalloc's arenas, a library's own mmap) is in the resident figure only. asv's own
 peakmem_ cannot reset between calls and cannot see the GPU, which is why this exists.
+
+`python -m bench.memory run -- CMD [ARGS...]` runs CMD with the counter preloaded (asv passes
+its environment on to its benchmark processes: `python -m bench.memory run -- asv continuous
+main~1 main`); `python -m bench.memory path` prints the built library's path.
 """
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
+import shutil
 import statistics
-
-import torch
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 _LIBC = None
 
@@ -107,16 +127,55 @@ def _proc_status_kb(field: str) -> int | None:
 PEAK_CALLS = 5
 
 
+def peak(bench, calls: int = PEAK_CALLS) -> dict:
+    """Extra memory one call needs at its peak (each figure the median over `calls` calls,
+    each measured alone): {"peak_bytes", "peak_method", "peak_rss_bytes"}. On the CPU with
+    the counter loaded, peak_bytes is malloc's bytes in use and peak_rss_bytes the VmHWM
+    rise; without it both are the VmHWM rise. On a GPU, torch's allocator, no resident figure."""
+    suffix = f", median of {calls} calls" if calls > 1 else ""
+    if bench.case.device == "cuda":
+        value, method = _median(_one_peak, bench, calls)
+        return {"peak_bytes": value, "peak_method": method + (suffix if value is not None else ""),
+                "peak_rss_bytes": None}
+    rss, rss_method = _median(_one_peak, bench, calls)
+    if rss is not None:
+        rss_method += suffix
+    counter = _counter()
+    if counter is None:
+        return {"peak_bytes": rss, "peak_method": rss_method, "peak_rss_bytes": rss}
+    # Measured in the timed calls' allocator state (not the VmHWM calls' mmap threshold,
+    # which rounds every large block to pages): what the timed call holds at once.
+    fix_allocator()
+    value, method = _median(_one_counted_peak, bench, calls, counter)
+    return {"peak_bytes": value, "peak_method": method + suffix, "peak_rss_bytes": rss}
+
+
 def peak_bytes(bench, calls: int = PEAK_CALLS) -> tuple[int | None, str]:
-    """Extra memory one call needs at its peak (the median over `calls` calls, each
-    measured alone), and how it was measured."""
+    """(peak_bytes, peak_method) of `peak`, for the callers that want only the one figure."""
+    out = peak(bench, calls)
+    return out["peak_bytes"], out["peak_method"]
+
+
+def _median(one, bench, calls: int, *args) -> tuple[int | None, str]:
     readings = []
     for _ in range(calls):
-        value, method = _one_peak(bench)
+        value, method = one(bench, *args)
         if value is None:
             return None, method
         readings.append(value)
-    return statistics.median_low(readings), method + (f", median of {calls} calls" if calls > 1 else "")
+    return statistics.median_low(readings), method
+
+
+def _one_counted_peak(bench, counter) -> tuple[int, str]:
+    """malloc's peak bytes in use over one call, less what was in use just before it:
+    counting is switched on for the call alone (timed calls run with it off)."""
+    counter.fcmem_arm(1)
+    try:
+        bench.call()
+        peak = counter.fcmem_peak()
+    finally:
+        counter.fcmem_arm(0)
+    return max(0, peak), "malloc bytes in use (LD_PRELOAD counter), peak over one call"
 
 
 # The mmap threshold while the peak call runs: every buffer of 64 KiB or more gets fresh
@@ -148,6 +207,8 @@ def _one_peak(bench) -> tuple[int | None, str]:
     (VmHWM, reset by writing 5 to /proc/self/clear_refs) over the resident size before
     the call, after trimming glibc's free heap."""
     if bench.case.device == "cuda":
+        import torch  # here, not at import: the launcher below needs no torch
+
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -176,3 +237,143 @@ def _one_peak(bench) -> tuple[int | None, str]:
         return None, "unavailable: no VmHWM in /proc/self/status"
     return max(0, hwm - before) * 1024, ("VmHWM rise after clear_refs" + (", 4 KiB pages" if small_pages else "")
                                          + (", buffers mmapped" if own_pages else ""))
+
+
+# ---------------------------------------------------------------- the allocation counter
+SOURCE = Path(__file__).with_name("malloc_count.c")
+CFLAGS = ("-O2", "-shared", "-fPIC", "-Wall", "-Wextra")
+_COUNTER = None  # the counter's functions in this process, False where it is not loaded
+
+
+def _counter():
+    """The preloaded counter's functions (ctypes), or None where this process runs without it.
+    Looked up in the process's global scope, where LD_PRELOAD put it; once: a library cannot
+    be preloaded after the start, and a forked child (asv's forkserver) keeps its parent's."""
+    global _COUNTER
+    if _COUNTER is None:
+        try:
+            lib = ctypes.CDLL(None)
+            active = lib.fcmem_active
+            for name in ("fcmem_current", "fcmem_peak"):
+                getattr(lib, name).restype = ctypes.c_longlong
+            lib.fcmem_reset_peak.restype = None
+            lib.fcmem_arm.restype = None
+            _COUNTER = lib if active() == 1 else False
+            if _COUNTER:  # off until a peak is measured: timed calls pay one load per malloc
+                lib.fcmem_arm(0)
+        except (OSError, AttributeError):
+            _COUNTER = False
+    return _COUNTER or None
+
+
+def counting() -> bool:
+    """Whether this process runs with the allocation counter loaded."""
+    return _counter() is not None
+
+
+def _cache_dir() -> Path:
+    env = os.environ.get("FLATCONV_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "flatconv"
+
+
+def _glibc() -> bool:
+    try:
+        return sys.platform.startswith("linux") and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (ValueError, OSError):
+        return False
+
+
+def counting_library() -> tuple[str | None, str | None]:
+    """(path of the counter's shared library, None), built on first use into the cache
+    folder (FLATCONV_CACHE_DIR, else ~/.cache/flatconv) under a name hashed from the source
+    and the flags; or (None, why not) where there is no glibc, no compiler, or the build
+    fails. Never raises."""
+    try:
+        if not _glibc():
+            return None, "the allocation counter needs glibc on Linux"
+        key = hashlib.sha256(SOURCE.read_bytes() + "\0".join(CFLAGS).encode()).hexdigest()[:16]
+        folder = _cache_dir()
+        target = folder / f"malloc_count-{key}.so"
+        if target.is_file():
+            return str(target), None
+        compiler = shutil.which("gcc") or shutil.which("cc")
+        if compiler is None:
+            return None, "no C compiler (gcc or cc) on PATH to build the allocation counter"
+        folder.mkdir(parents=True, exist_ok=True)
+        # Compiled to a name of its own, then renamed: a process that finds the target never
+        # finds half of it, and two building at once each rename a whole library.
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".malloc_count-", suffix=".so.tmp")
+        os.close(fd)
+        try:
+            done = subprocess.run([compiler, *CFLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
+                                  timeout=120)
+            if done.returncode != 0:
+                lines = done.stderr.strip().splitlines()
+                said = next((x for x in lines if "error" in x), lines[0] if lines else f"exit status {done.returncode}")
+                return None, f"building the allocation counter failed: {said}"
+            os.chmod(tmp, 0o755)
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return str(target), None
+    except Exception as e:  # noqa: BLE001 - no home folder, a read-only cache...: runs go on without it
+        return None, f"building the allocation counter failed: {type(e).__name__}: {e}"
+
+
+def _with_library(env: dict, path: str) -> dict:
+    out = dict(env)
+    present = out.get("LD_PRELOAD", "").replace(" ", ":").split(":")
+    if path not in present:
+        out["LD_PRELOAD"] = ":".join([p for p in present if p] + [path])
+    return out
+
+
+def preload_env(env: dict) -> dict:
+    """A copy of `env` with the counter appended to LD_PRELOAD (unchanged where it cannot be
+    built): the environment to start a process whose CPU peaks are malloc's count."""
+    path, _ = counting_library()
+    return _with_library(env, path) if path else dict(env)
+
+
+USAGE = "usage: python -m bench.memory run -- CMD [ARGS...] | python -m bench.memory path"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`run -- CMD [ARGS...]`: exec CMD with the counter preloaded; `path`: print the
+    library's path. A mistake is one line on stderr and exit status 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+
+    def fail(message: str) -> int:
+        print(f"bench.memory: {message}", file=sys.stderr)
+        return 2
+
+    if argv[:1] in (["-h"], ["--help"]):
+        print(USAGE)
+        return 0
+    if not argv or argv[0] not in ("run", "path"):
+        return fail(f"expected `run -- CMD [ARGS...]` or `path`, got {' '.join(argv) or 'nothing'} ({USAGE})")
+    command, rest = argv[0], argv[1:]
+    if command == "path" and rest:
+        return fail(f"path takes no arguments, got {' '.join(rest)}")
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    if command == "run" and not rest:
+        return fail(f"run: no command to run ({USAGE})")
+    path, reason = counting_library()
+    if path is None:
+        return fail(reason)
+    if command == "path":
+        print(path)
+        return 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(rest[0], rest, _with_library(os.environ, path))
+    except OSError as e:
+        return fail(f"cannot run {rest[0]}: {e.strerror or e}")
+    return 0  # not reached: exec replaced the process
+
+
+if __name__ == "__main__":
+    sys.exit(main())
