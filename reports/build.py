@@ -37,8 +37,10 @@ SUMMARY_HELP = (
     "Speedup vs dense = dense median time ÷ the best flattened implementation's, same run (above 1× "
     "the flattened layer is faster). Every ratio carries its 95% interval in brackets: "
     f"{figures.INTERVAL_NOTE}; an interval that contains 1× is no clear difference. Roofline = "
-    "achieved GFLOP/s ÷ the machine's ceiling at that case's arithmetic intensity, min(sgemm GFLOP/s, "
-    "copy GB/s × FLOPs/byte), the best ceilings the run measured: 100% is the machine's limit. Peak = "
+    "achieved GFLOP/s ÷ the machine's ceiling at that case's arithmetic intensity, min(compute GFLOP/s, "
+    "copy GB/s × FLOPs/byte): compute is the best large-GEMM rate measured on the machine at that thread "
+    "count over every run shown (or a flattened case's rate where none ran faster), copy the best its run "
+    "measured; 100% is the machine's limit. Peak = "
     "extra memory of one call, MiB. Times are medians; per machine and layer the newest run that "
     "measured it."
 )

@@ -447,7 +447,7 @@ def roofline(df: pd.DataFrame, ctx: Context) -> Figure | None:
     nrows = -(-len(machines) // ncols)
     fig, axes = plt.subplots(nrows, ncols, squeeze=False, figsize=(6.2 * ncols, 4.4 * nrows))
     markers = {"forward": "o", "backward": "s", "train": "^"}
-    missing = []
+    missing, raised, bases = [], [], []
     for i, machine in enumerate(machines):
         ax = axes[i // ncols][i % ncols]
         sub = data[data["machine"] == machine]
@@ -455,7 +455,9 @@ def roofline(df: pd.DataFrame, ctx: Context) -> Figure | None:
             ax.scatter(s["intensity"], s["gflops"], color=ctx.palette.get(impl), marker=markers.get(direction, "o"),
                        s=28, alpha=0.85, edgecolors="white", linewidths=0.4)
         xmin, xmax = sub["intensity"].min() / 2, sub["intensity"].max() * 2
-        # the best ceilings measured (reports.load: per run, the largest over its records)
+        xs = np.geomspace(xmin, xmax, 200)
+        # the ceilings of reports.load: copy, the best its run measured; compute, the best GEMM
+        # seen on the machine, or a case's rate where no GEMM ran faster
         bw = sub["ceiling_copy_gbps"].max()
         peak = sub["ceiling_sgemm_gflops"].max()
         if np.isfinite(bw) and np.isfinite(peak):
@@ -465,12 +467,27 @@ def roofline(df: pd.DataFrame, ctx: Context) -> Figure | None:
             xm = float(np.sqrt(xs[0] * ridge))
             ax.annotate(f"copy {bw:,.0f} GB/s", xy=(xm, bw * xm), xytext=(-6, 6),
                         textcoords="offset points", ha="right", fontsize=8)
-            ax.annotate(f"sgemm {peak:,.0f} GFLOP/s", xy=(xs[-1], peak), xytext=(-4, 4),
-                        textcoords="offset points", ha="right", fontsize=8)
+            note = sub.loc[sub["ceiling_sgemm_gflops"] == peak, "ceiling_note"].dropna()
+            if not note.empty:
+                raised.append(f"{machine}: {note.iloc[0]}")
+            label = f"best GEMM {peak:,.0f} GFLOP/s" if note.empty else f"compute {peak:,.0f} GFLOP/s (a case's rate)"
+            ax.annotate(label, xy=(xs[-1], peak), xytext=(-4, 4), textcoords="offset points", ha="right", fontsize=8)
         else:
             missing.append(machine)
+        # the instruction set's FMA peak: an estimate from the reported clock, drawn beside the measured ceiling
+        fma = sub["ceiling_fma_peak_gflops"].max() if "ceiling_fma_peak_gflops" in sub else np.nan
+        if np.isfinite(fma):
+            ax.plot(xs, np.full_like(xs, fma), color="dimgrey", linestyle="--", linewidth=1.1)
+            ax.annotate(f"FMA peak {fma:,.0f} GFLOP/s (estimate)", xy=(xs[0], fma), xytext=(4, 4),
+                        textcoords="offset points", ha="left", fontsize=8, color="dimgrey")
+            basis = sub.loc[sub["ceiling_fma_peak_gflops"] == fma].get("machine_fma_peak_basis")
+            if basis is not None and basis.notna().any():
+                bases.append(f"{machine}: {basis.dropna().iloc[-1]}")
         log_axis(ax.xaxis)
         log_axis(ax.yaxis)
+        lines = [v for v in (peak, fma) if np.isfinite(v)]
+        if lines:  # room above the highest line for its label
+            ax.set_ylim(top=max(ax.get_ylim()[1], max(lines) * 1.25))
         ax.set_xlabel("arithmetic intensity (FLOPs per minimum byte)")
         ax.set_ylabel("achieved GFLOP/s")
         ax.set_title(ctx.machines.get(machine, machine), fontsize=9)
@@ -480,16 +497,31 @@ def roofline(df: pd.DataFrame, ctx: Context) -> Figure | None:
                     for i in _impl_order(data)]
     dir_handles = [plt.Line2D([], [], color="grey", marker=markers[d], linestyle="", label=d)
                    for d in _directions(data)]
-    fig.legend(handles=impl_handles + dir_handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    line_handles = [plt.Line2D([], [], color="black", linewidth=1.5, label="measured ceiling")]
+    if bases:
+        line_handles.append(plt.Line2D([], [], color="dimgrey", linestyle="--", linewidth=1.1,
+                                       label="FMA peak (estimate)"))
+    fig.legend(handles=impl_handles + dir_handles + line_handles, loc="center left", bbox_to_anchor=(1.0, 0.5),
+               frameon=False)
     fig.tight_layout()
     rel = ctx.save(fig, f"roofline_{ctx.device}")
     note = (f" No measured ceilings in the metadata of: {', '.join(missing)}." if missing else "")
+    if raised:
+        note += (" A case ran faster than every GEMM measured on its machine, so the compute ceiling is that "
+                 f"case's rate: {'; '.join(raised)}.")
+    if bases:
+        note += (" The dashed line is the instruction set's float32 FMA peak, cores × clock × FMA units × lanes "
+                 "× 2, estimated from the clock the machine reports, not measured (a VM may report its nominal "
+                 "clock, below the one its cores run at, and then a GEMM can reach above it): "
+                 f"{'; '.join(bases)}.")
     return Figure(rel, f"Roofline ({device_label(ctx.device)})",
                   f"Achieved GFLOP/s (the layer's FLOPs ÷ median time) against arithmetic intensity (FLOPs "
                   f"÷ the minimum bytes the layer must move), log-log, one point per layer, colour = "
                   f"implementation, marker = direction. The black line is each machine's measured "
-                  f"ceiling: min(sgemm GFLOP/s, copy GB/s × intensity), the best of the ceilings its run "
-                  f"measured (a run measures them several times). The vertical gap "
+                  f"ceiling: min(compute GFLOP/s, copy GB/s × intensity). Compute is the best large-GEMM "
+                  f"rate seen on the machine at that thread count over every run shown (torch's sgemm, and "
+                  f"on a CPU the C extension's own GEMM; each run measures them several times), copy the "
+                  f"best bandwidth the case's run measured. The vertical gap "
                   f"between a point and the line is how far that case is from the machine's limit "
                   f"(a point at one tenth of the line runs at 10% of it). Measured on {ctx.where(data)}; "
                   f"{ctx.dtype}.{note}")
