@@ -16,7 +16,7 @@ import torch
 
 import impls
 
-from . import gate, tables
+from . import gate as gate_module, tables
 from .tables import Row
 
 from .gate import DTYPES
@@ -68,8 +68,8 @@ class Case:
                 "dtype": self.dtype, "direction": self.direction, "params": shape.params(kind),
                 "flops": flops, "bytes": nbytes}
 
-    def set_up(self, threads: int | None = None, warmup: bool = True) -> gate.Bench:
-        return gate.setup_layer_case(self, threads, warmup)
+    def set_up(self, threads: int | None = None, warmup: bool | dict = True, gate: bool = True) -> gate_module.Bench:
+        return gate_module.setup_layer_case(self, threads, warmup, gate)
 
     def extra_fields(self, stats: dict | None) -> dict:
         return {}

@@ -76,7 +76,7 @@ def measure_case(benchmark, results_writer):
         benchmark.group = case.group
         if case.id in results_writer.done:
             pytest.skip(f"already measured in {results_writer.path} (--resume)")
-        d = driver.Driver(driver.Settings(threads=threads), results_writer)
+        d = driver.Driver(driver.Settings(threads=threads))
         if benchmark.disabled:  # the suite's smoke pass in `tox -e test`: it runs, nothing is recorded
             bench, _, rec = d.set_up(case, warmup=False)
             if rec is None:

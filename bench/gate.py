@@ -121,9 +121,12 @@ def synchronised(device: str, raw: Callable[[], object]) -> Callable[[], object]
     return call
 
 
-def setup_layer_case(case, threads: int | None = None, warmup: bool = True) -> Bench:
+def setup_layer_case(case, threads: int | None = None, warmup: bool | dict = True, gate: bool = True) -> Bench:
     """Build the case's inputs, run the correctness gate, and warm the callable up.
-    Raises Unavailable (skip) or GateFailed (record as failed, never time)."""
+    Raises Unavailable (skip) or GateFailed (record as failed, never time). `warmup` is
+    False, True (timing.warm_up's rule) or timing.warm_up's keyword arguments; without
+    `gate` the oracle is not consulted (a sweep's later rounds set up, in fresh worker
+    processes, a case its first round gated on the same inputs)."""
     dtype = dtype_of(case.dtype)
     impl = require(case.impl, case.device, dtype, case.direction)
     memory.fix_allocator()
@@ -133,17 +136,24 @@ def setup_layer_case(case, threads: int | None = None, warmup: bool = True) -> B
     p = case.row.padding
     x64, gy64, base = _inputs(case.row, case.table, case.device)
     gated, fields = impl.gate(base, p)
-    params64, ref_y, ref_grads = _oracle(case.row, case.table, case.device, None if gated is base else case.impl)
+    if gate:
+        params64, ref_y, ref_grads = _oracle(case.row, case.table, case.device, None if gated is base else case.impl)
+    else:
+        params64 = gated
     x, gy, params = x64.to(dtype), gy64.to(dtype), params64.to(dtype=dtype)
     prepared = impl.prepare(params)
 
-    errors = {"output": verify.relative_error(impl.forward(x, prepared, padding=p), ref_y)}
-    if case.direction in ("backward", "train"):
-        y, saved = impl.forward_train(x, prepared, padding=p)
-        errors["train_output"] = verify.relative_error(y, ref_y)
-        grads = impl.backward(saved, gy).tensors()
-        errors.update({f: verify.relative_error(grads[f], ref_grads[f]) for f in fields})
-    check(errors, verify.tolerance(dtype))
+    errors = {}
+    if gate:
+        errors["output"] = verify.relative_error(impl.forward(x, prepared, padding=p), ref_y)
+        if case.direction in ("backward", "train"):
+            y, saved = impl.forward_train(x, prepared, padding=p)
+            grads = impl.backward(saved, gy).tensors()
+            errors["train_output"] = verify.relative_error(y, ref_y)
+            errors.update({f: verify.relative_error(grads[f], ref_grads[f]) for f in fields})
+        check(errors, verify.tolerance(dtype))
+    elif case.direction == "backward":  # what backward starts from
+        saved = impl.forward_train(x, prepared, padding=p)[1]
 
     if case.direction == "forward":
         def raw():
@@ -163,7 +173,7 @@ def setup_layer_case(case, threads: int | None = None, warmup: bool = True) -> B
 
     bench = Bench(case, synchronised(case.device, raw), raw, errors, impl, threads=threads)
     if warmup:
-        bench.warmup_calls = timing.warm_up(bench.call)
+        bench.warmup_calls = timing.warm_up(bench.call, **(warmup if isinstance(warmup, dict) else {}))
     return bench
 
 

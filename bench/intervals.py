@@ -15,12 +15,25 @@ The interval of ratio = median(a) / median(b):
 - otherwise no interval (NaN): the ratio is shown bare and never read as a difference.
 
 Two cases timed in the same interleaved passes (one `interleave_group`) are compared pass
-by pass instead (`ratio`, `paired_ratio`): the ratio is the median of their per-pass
-ratios, its interval that median's order-statistic one.
+by pass instead (`ratio`, `paired_ratio`). A sweep (bench/sweep.py) times them in several
+rounds spread over its duration, each round in fresh worker processes, so the variance
+that matters, between processes and between the machine's states, is seen between
+rounds (Kalibera and Jones, "Rigorous benchmarking in reasonable time", ISMM 2013):
+
+- a round's ratio is the median of its per-pass ratios; the ratio is the geometric mean
+  of the rounds' ratios, its 95% confidence interval Student's t on their logarithms
+  (method "rounds");
+- its 95% prediction interval says where the ratio of a rerun with as many rounds is
+  expected to fall: the confidence interval widened by sqrt(2) (`prediction`). A correct
+  95% confidence interval covers another run's estimate only about 83% of the time;
+- records of a single round (schema 2, or `--rounds 1`) keep the pass-level interval:
+  the median of the per-pass ratios with its order-statistic interval (method "paired"),
+  and no prediction interval.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -87,39 +100,131 @@ def _lower_rank(n: int, tail: float) -> int:
 
 
 MIN_PAIRED_PASSES = 6  # the fewest pass ratios whose median has a 95% interval
+MIN_ROUNDS = 2  # the fewest rounds whose spread gives an interval
 
 
-def _passes(value) -> list[float] | None:
+def _parsed(value):
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            return json.loads(value)
         except ValueError:
             return None
-    if not isinstance(value, (list, tuple, np.ndarray)):
+    return value
+
+
+def rounds_of(value) -> list[list[float]] | None:
+    """`time_pass_medians` as rounds of pass medians: a list of lists (a sweep's rounds), or
+    a flat list (one interleaved measurement, schema 2), which is one round."""
+    value = _parsed(value)
+    if not isinstance(value, (list, tuple, np.ndarray)) or len(value) == 0:
         return None
-    return [float(v) for v in value]
+    if all(isinstance(v, (list, tuple, np.ndarray)) for v in value):
+        return [[float(x) for x in r] for r in value]
+    if any(isinstance(v, (list, tuple, np.ndarray)) for v in value):
+        return None
+    return [[float(v) for v in value]]
 
 
-def paired_ratio(a, b) -> tuple[float, float, float] | None:
-    """(ratio, low, high) of a's time / b's from the passes in which both were timed, for
-    two records of one interleaved measurement (the same `interleave_group`): the median
-    of the per-pass ratios of their pass medians, with its order-statistic 95% interval.
-    The two saw the same stretches of the machine pass by pass, so this ratio repeats far
-    better than one of pooled medians, whose mix of fast and slow stretches differs from
-    case to case. None when the records are not paired or share fewer than
-    MIN_PAIRED_PASSES passes."""
+def round_ratios(a, b) -> list[list[float]] | None:
+    """Per round, the per-pass ratios a / b of two records of one interleaved measurement
+    (the same `interleave_group`), over the passes both have; None when not paired."""
     group = a.get("interleave_group")
     if not isinstance(group, str) or not group or group != b.get("interleave_group"):
         return None
-    pa, pb = _passes(a.get("time_pass_medians")), _passes(b.get("time_pass_medians"))
-    if not pa or not pb:
+    ra, rb = rounds_of(a.get("time_pass_medians")), rounds_of(b.get("time_pass_medians"))
+    if not ra or not rb:
         return None
-    n = min(len(pa), len(pb))  # a case that stopped early was timed in a prefix of the passes
-    ratios = [x / y for x, y in zip(pa[:n], pb[:n]) if _finite(x, y)]
-    if len(ratios) < MIN_PAIRED_PASSES:
+    out = []
+    for pa, pb in zip(ra, rb):  # a case that stopped early was timed in a prefix of the passes
+        out.append([x / y for x, y in zip(pa, pb) if _finite(x, y)])
+    return out
+
+
+def t_quantile(df: int, level: float = LEVEL) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + level / 2, df))
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """A ratio with its 95% confidence interval and, from rounds, its 95% prediction
+    interval (NaN where there is none); `rounds` the rounds behind it."""
+
+    value: float
+    low: float
+    high: float
+    method: str
+    pi_low: float = math.nan
+    pi_high: float = math.nan
+    rounds: int = 1
+
+    @property
+    def pi_halfwidth(self) -> float:
+        """Half the prediction interval, relative, on the logarithmic scale the interval is
+        symmetric on: 0.08 for [r / 1.08, r * 1.08] (NaN without one)."""
+        return math.sqrt(self.pi_high / self.pi_low) - 1 if _finite(self.pi_low, self.pi_high) else math.nan
+
+
+def from_rounds(values) -> Estimate | None:
+    """The geometric mean of per-round values (ratios or times, > 0), Student's t interval
+    on their logarithms and the prediction interval of a rerun with as many rounds."""
+    xs = np.log([v for v in values if _finite(v)])
+    n = len(xs)
+    if n < MIN_ROUNDS:
         return None
-    low, high = median_ci(ratios)
-    return float(statistics.median(ratios)), float(low), float(high)
+    mean, sd = float(xs.mean()), float(xs.std(ddof=1))
+    t = t_quantile(n - 1)
+    ci, pi = t * sd / math.sqrt(n), t * sd * math.sqrt(2 / n)
+    return Estimate(math.exp(mean), math.exp(mean - ci), math.exp(mean + ci), "rounds",
+                    math.exp(mean - pi), math.exp(mean + pi), n)
+
+
+def estimate(ratios_by_round: list[list[float]]) -> Estimate | None:
+    """The estimate of a ratio from its per-pass values grouped by round: from the rounds'
+    medians when at least MIN_ROUNDS rounds have passes, else the one round's median of
+    per-pass ratios with its order-statistic interval (at least MIN_PAIRED_PASSES)."""
+    rounds = [r for r in ratios_by_round if r]
+    if len(rounds) >= MIN_ROUNDS:
+        return from_rounds([statistics.median(r) for r in rounds])
+    passes = [x for r in rounds for x in r]
+    if len(passes) < MIN_PAIRED_PASSES:
+        return None
+    low, high = median_ci(passes)
+    return Estimate(float(statistics.median(passes)), float(low), float(high), "paired")
+
+
+def paired_estimate(a, b) -> Estimate | None:
+    """a's time / b's for two records timed in the same interleaved passes (see the module
+    docstring), or None when they were not, or share too few passes."""
+    by_round = round_ratios(a, b)
+    return estimate(by_round) if by_round is not None else None
+
+
+def paired_ratio(a, b) -> tuple[float, float, float] | None:
+    """(ratio, low, high) of paired_estimate."""
+    e = paired_estimate(a, b)
+    return None if e is None else (e.value, e.low, e.high)
+
+
+def split(values, gap: float = 0.10, min_size: int = 2) -> tuple[list[int], list[int]] | None:
+    """Two groups of indices when `values` (per-process figures, > 0) fall apart into a
+    low and a high group: sorted, the largest step between neighbours is above `gap`
+    (relative) and above twice the spread within either side, with at least `min_size`
+    on each side; else None. A process's state can fix a mode for its whole life (the
+    dense layer at (256,256,8,3): 3.8-4.1 ms in some fresh processes, 5.5-6.8 ms in
+    others), so a mean over processes would describe neither."""
+    logs = [(math.log(v), i) for i, v in enumerate(values) if _finite(v)]
+    if len(logs) < 2 * min_size:
+        return None
+    logs.sort()
+    steps = [(logs[k + 1][0] - logs[k][0], k) for k in range(min_size - 1, len(logs) - min_size)]
+    size, k = max(steps)
+    low, high = logs[:k + 1], logs[k + 1:]
+    spread = max(low[-1][0] - low[0][0], high[-1][0] - high[0][0])
+    if size <= math.log1p(gap) or size <= 2 * spread:
+        return None
+    return [i for _, i in low], [i for _, i in high]
 
 
 def _finite(*values) -> bool:
@@ -181,17 +286,24 @@ def ratio_of(a, b) -> tuple[float, float, str | None]:
 
 
 def ratio(a, b) -> tuple[float, float, float, str | None]:
-    """(ratio, low, high, method) of a's time / b's, for two records: paired by pass
-    (paired_ratio, method "paired") when they were timed in the same interleaved passes,
-    else median / median with ratio_of's interval."""
-    paired = paired_ratio(a, b)
+    """(ratio, low, high, method) of a's time / b's, for two records: paired (by rounds,
+    method "rounds", or by pass, "paired") when they were timed in the same interleaved
+    passes, else median / median with ratio_of's interval."""
+    paired = paired_estimate(a, b)
     if paired is not None:
-        return (*paired, "paired")
+        return paired.value, paired.low, paired.high, paired.method
     try:
         value = float(a.get("time_median")) / float(b.get("time_median"))
     except (TypeError, ValueError, ZeroDivisionError):
         value = math.nan
     return (value, *ratio_of(a, b))
+
+
+def prediction(a, b) -> tuple[float, float]:
+    """The 95% prediction interval of a's time / b's (where a rerun's ratio is expected to
+    fall), for two records timed in the same rounds; (NaN, NaN) otherwise."""
+    paired = paired_estimate(a, b)
+    return (paired.pi_low, paired.pi_high) if paired is not None else (math.nan, math.nan)
 
 
 def verdict(low: float, high: float) -> str:
@@ -204,6 +316,24 @@ def verdict(low: float, high: float) -> str:
     if high < 1:
         return "below"
     return "spans"
+
+
+def welch_ratio(new, old, factor: float = 1.0, level: float = LEVEL) -> tuple[float, float, float, float]:
+    """(ratio, low, high, p) of two runs' per-round values of one case (rounds' medians):
+    the ratio of their geometric means divided by `factor`, Welch's t interval on the
+    logarithms and the two-sided p-value of no change."""
+    from scipy.stats import t, ttest_ind
+
+    a, b = np.log(np.asarray(new, dtype=float)) - math.log(factor), np.log(np.asarray(old, dtype=float))
+    diff = float(a.mean() - b.mean())
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return math.exp(diff), math.exp(diff), math.exp(diff), 0.0 if diff else 1.0
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = float(t.ppf(0.5 + level / 2, df)) * se
+    p = float(ttest_ind(a, b, equal_var=False).pvalue)
+    return math.exp(diff), math.exp(diff - half), math.exp(diff + half), p
 
 
 def mann_whitney_p(a: np.ndarray, b: np.ndarray) -> float:

@@ -136,6 +136,43 @@ def fraction(flag: str, value) -> float | None:
     return f
 
 
+def add_sweep_options(parser) -> None:
+    """The options of a sweep in worker processes (bench/sweep.py's Plan): `run` and `ab`."""
+    from .sweep import Plan
+
+    d = Plan()
+    parser.add_argument("--rounds", default=str(d.rounds), metavar="R",
+                        help=f"rounds across the sweep, each in fresh worker processes (default {d.rounds})")
+    parser.add_argument("--passes", default=str(d.passes), metavar="P",
+                        help=f"shuffled passes of a group per round (default {d.passes})")
+    parser.add_argument("--block", default=str(d.block), metavar="SECONDS",
+                        help=f"seconds of one case in one pass, one call at least (default {d.block:g})")
+    parser.add_argument("--max-rounds", default=str(d.max_rounds), metavar="M",
+                        help=f"rounds at most, for groups whose prediction interval stays wider than --rel-pi "
+                             f"(default {d.max_rounds})")
+    parser.add_argument("--rel-pi", default=str(d.rel_pi), metavar="F",
+                        help=f"more rounds for a group while a ratio's 95%% prediction interval is wider than "
+                             f"this fraction of it (default {d.rel_pi:g}; 'off': the planned rounds only)")
+    parser.add_argument("--solo", default=str(d.solo), metavar="N",
+                        help=f"cases of one group also timed alone, every other worker stopped, each round (default {d.solo})")
+    parser.add_argument("--seed", default=str(d.seed), help="seed of the orders and the solo sample (default 0)")
+
+
+def plans(args) -> list:
+    """One sweep Plan per thread count from the sweep options, checked; ValueError naming
+    the option."""
+    from .sweep import Plan
+
+    rounds = count("--rounds", args.rounds)
+    max_rounds = count("--max-rounds", args.max_rounds)
+    if max_rounds < rounds:
+        raise ValueError(f"--max-rounds: expected at least --rounds ({rounds}), got {max_rounds}")
+    common = dict(rounds=rounds, passes=count("--passes", args.passes), block=positive_seconds("--block", args.block),
+                  max_rounds=max_rounds, rel_pi=fraction("--rel-pi", args.rel_pi),
+                  solo=count("--solo", args.solo, minimum=0), seed=count("--seed", args.seed, minimum=0))
+    return [Plan(threads=t, **common) for t in thread_counts(args.threads)]
+
+
 def add_to_argparse(parser) -> None:
     for opt in SHARED:
         if opt.switch:

@@ -42,18 +42,20 @@ TIMER = {"cpu": "perf_counter", "cuda": "cuda_event"}
 
 
 def make_record(case, *, status: str, reason: str | None = None, stats: dict | None = None, bench=None,
-                ceiling_log=None, **measured) -> dict:
+                ceiling_log=None, threads: int | None = None, **measured) -> dict:
     """One result in the schema of bench/schema.py. `case` is any object with `id`,
     `device`, `describe()` and `extra_fields(stats)` (a layer case or a model case);
     `measured` holds further Record fields (peak_bytes, kernels, ...): a name that is not
-    a field is an error, so a typo cannot write a column nobody reads."""
+    a field is an error, so a typo cannot write a column nobody reads. Without `bench`
+    (a case measured in worker processes) `threads` is the case's thread count and the
+    gate's fields come in `measured`."""
     if status not in schema.STATUSES:
         raise ValueError(f"status: expected one of {schema.STATUSES}, got {status!r}")
     fields = {**case.describe(), **(stats or {}), **measured, **case.extra_fields(stats)}
     if bench is not None:
         fields.update(max_rel_error=max(bench.errors.values()) if bench.errors else None, errors=bench.errors,
                       warmup_calls=bench.warmup_calls, runtime=bench.impl.runtime_info())
-    threads = bench.threads if bench is not None else None
+    threads = bench.threads if bench is not None else threads
     info = machine.record(case.device, threads, ceiling_log, timing.timer_overhead(case.device))
     derived = schema.rates(fields.get("flops"), fields.get("bytes"), fields.get("time_median"),
                            info.get("copy_gbps"), info.get("sgemm_gflops"))

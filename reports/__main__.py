@@ -1,6 +1,6 @@
 """python -m reports build [RESULTS ...] [--out DIR]: results -> results.csv, figures, index.html.
 python -m reports compare OLD NEW [--threshold F] [--alpha P] [--format F]: did NEW get slower?
-python -m reports agree A B [--within F]: do two sweeps of one machine repeat each other?
+python -m reports agree A B [--within F] [--json]: do two sweeps of one machine repeat each other?
 
 Exit status of build: 0 built; 1 nothing could be read from the inputs, or the build
 failed; 2 bad arguments or a results path that does not exist. Of compare: 0 no case
@@ -51,18 +51,19 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("b", type=Path, help="the other's")
     a.add_argument("--within", type=float, default=0.10, help="speedups agree when they differ by at most this "
                                                                "(default 0.10)")
+    a.add_argument("--json", action="store_true", help="print one JSON object (the counts and per_pair) instead")
     return parser
 
 
 def _agree(args) -> int:
-    from .agree import AgreeError, agree, render
+    from .agree import AgreeError, agree, render, to_json
 
     try:
         summary, pairs = agree(args.a, args.b, args.within)
     except AgreeError as exc:
         print(f"python -m reports agree: error: {exc}", file=sys.stderr)
         return 2
-    sys.stdout.write(render(summary, pairs))
+    sys.stdout.write(to_json(summary, pairs) if args.json else render(summary, pairs))
     return 0
 
 

@@ -15,7 +15,18 @@ decision; the table names both). When either side holds several machines, the ma
 by accident. A case measured in several runs on one side: its newest run counts (by
 timestamp; asv: by commit date).
 
-Slower: NEW/OLD above 1 + threshold and, where both sides have raw times, p < alpha;
+Cases timed in rounds of a sweep on both sides (schema 3: `time_round_medians`, each round
+in fresh worker processes) are judged against the run-to-run spread, not the spread of
+single calls within one measurement (thousands of calls make any shift "significant"):
+NEW/OLD is the ratio of the geometric means of the rounds' medians, its interval and
+p-value Welch's t on their logarithms. And the machine's own drift between the two runs
+is taken out first: a shared machine can run a whole sweep some percent slower than the
+last, every implementation with it, so each such ratio is divided by the median NEW/OLD
+over all of them (the `machine factor`, printed; with fewer than MIN_FOR_FACTOR such
+cases it is 1). One implementation that changed moves that median little; the machine
+moves all of them.
+
+Slower: NEW/OLD above 1 + threshold and, where both sides have rounds or raw times, p < alpha;
 where either side lacks them, the lower end of the ratio's interval above 1 + threshold
 (the interval then comes from the medians' 95% intervals, asv's 99% interval, or the IQR
 notch; see bench.intervals). Faster is the mirror image (below 1 / (1 + threshold)). A
@@ -31,6 +42,7 @@ import io
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from bench import intervals
@@ -58,9 +70,16 @@ def _cases_from_records(records: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     rows = [{
         "case": r["case"], "device": r["device"], "dtype": r["dtype"], "machine": r["machine"],
         "run": r["run_id"], "median": r["time_median"], "samples": intervals.samples(r["time_samples"]),
-        "interval": intervals.median_interval(r),
+        "interval": intervals.median_interval(r), "rounds": _rounds(r),
     } for r in ok.to_dict("records")]
     return pd.DataFrame(rows), repeated
+
+
+def _rounds(r) -> list[float] | None:
+    """The rounds' medians of a case timed in rounds (at least MIN_ROUNDS), else None."""
+    values = intervals.rounds_of(r.get("time_round_medians"))
+    values = [v for v in values[0] if v > 0] if values and len(values) == 1 else None
+    return values if values and len(values) >= intervals.MIN_ROUNDS else None
 
 
 def _cases_from_asv(asv: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -79,7 +98,7 @@ def _cases_from_asv(asv: pd.DataFrame) -> tuple[pd.DataFrame, int]:
         has = all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in (low, high))
         rows.append({"case": r["case"], "device": None, "dtype": None, "machine": r["machine"],
                      "run": str(r["commit"])[:8], "median": r["value"],
-                     "samples": intervals.samples(r["samples"]),
+                     "samples": intervals.samples(r["samples"]), "rounds": None,
                      "interval": (low, high, "ci99") if has else (math.nan, math.nan, None)})
     return pd.DataFrame(rows), repeated
 
@@ -113,12 +132,18 @@ def judge(old: pd.DataFrame, new: pd.DataFrame, threshold: float = 0.10, alpha: 
         pairs["machine_old"] = pairs["machine_new"] = pairs["machine"]
     rows = []
     slow, fast = 1 + threshold, 1 / (1 + threshold)
+    factor = machine_factor(pairs)
     for r in pairs.to_dict("records"):
         ratio = r["median_new"] / r["median_old"]
         low, high, how = intervals.ratio_interval(r["samples_new"], r["samples_old"], r["interval_new"],
                                                   r["interval_old"])
         p = math.nan
-        if how == "bootstrap":
+        if isinstance(r["rounds_new"], list) and isinstance(r["rounds_old"], list):
+            ratio, low, high, p = intervals.welch_ratio(r["rounds_new"], r["rounds_old"], factor)
+            how = "rounds"
+            verdict = ("slower" if ratio > slow and p < alpha else "faster" if ratio < fast and p < alpha
+                       else "no clear change")
+        elif how == "bootstrap":
             p = intervals.mann_whitney_p(r["samples_new"], r["samples_old"])
             verdict = ("slower" if ratio > slow and p < alpha else "faster" if ratio < fast and p < alpha
                        else "no clear change")
@@ -135,10 +160,24 @@ def judge(old: pd.DataFrame, new: pd.DataFrame, threshold: float = 0.10, alpha: 
     columns = ["case", "device", "dtype", "machine", "old_run", "new_run", "old_median", "new_median", "ratio",
                "low", "high", "interval", "p", "verdict"]
     out = pd.DataFrame(rows, columns=columns)
+    out.attrs["machine_factor"] = factor
     order = {"slower": 0, "faster": 1, "no clear change": 2, "not judged": 3}
     out["_v"] = out["verdict"].map(order)
     out["_r"] = -out["ratio"]
     return out.sort_values(["_v", "_r", "case"]).drop(columns=["_v", "_r"]).reset_index(drop=True)
+
+
+MIN_FOR_FACTOR = 20  # cases timed in rounds on both sides, for their median NEW/OLD to mean the machine
+
+
+def machine_factor(pairs: pd.DataFrame) -> float:
+    """The median NEW/OLD of the geometric means of the rounds, over the matched cases
+    timed in rounds on both sides (per the module docstring); 1 with too few."""
+    both = [(n, o) for n, o in zip(pairs.get("rounds_new", []), pairs.get("rounds_old", []))
+            if isinstance(n, list) and isinstance(o, list)]
+    if len(both) < MIN_FOR_FACTOR:
+        return 1.0
+    return float(np.median([math.exp(np.mean(np.log(n)) - np.mean(np.log(o))) for n, o in both]))
 
 
 def _fmt_interval(low, high) -> str:
@@ -224,6 +263,10 @@ def compare(old_path: Path, new_path: Path, threshold: float = 0.10, alpha: floa
     if len(machines[0]) == len(machines[1]) == 1 and machines[0] != machines[1]:
         notes.append(f"OLD was measured on {machines[0].pop()}, NEW on {machines[1].pop()}: the ratios compare "
                      f"the machines as much as the code")
+    factor = result.attrs.get("machine_factor", 1.0)
+    if factor != 1.0:
+        notes.append(f"machine factor: NEW ran {factor:.3f}x OLD's time over all cases timed in rounds on both sides "
+                     f"(the median); their ratios are divided by it")
     lines = notes + verdict_lines(result, threshold, alpha, only_old, only_new)
     status = 1 if (result["verdict"] == "slower").any() else 0
     return status, render(result, fmt), lines

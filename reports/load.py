@@ -372,9 +372,9 @@ def machine_name(host, cpu_isa=None, family_model=None) -> str:
 
 def tidy(df: pd.DataFrame) -> pd.DataFrame:
     """Deduplicate, fill what can be derived, and add the comparison columns."""
-    for column in RECORD_COLUMNS + MACHINE_COLUMNS + ["source"]:
-        if column not in df.columns:
-            df[column] = None
+    missing = [c for c in dict.fromkeys(RECORD_COLUMNS + MACHINE_COLUMNS + ["source"]) if c not in df.columns]
+    if missing:  # at once: one column at a time fragments the frame (pandas warns)
+        df = pd.concat([df, pd.DataFrame(None, index=df.index, columns=missing, dtype=object)], axis=1)
     df = df.copy()
     for column in NUMERIC_COLUMNS + [f"machine_{k}" for k in MACHINE_NUMERIC]:
         df[column] = pd.to_numeric(df[column], errors="coerce")
@@ -410,16 +410,17 @@ def tidy(df: pd.DataFrame) -> pd.DataFrame:
 
 
 DERIVED_COLUMNS = ["layer", "layer_flops", "is_flat", "ceiling_copy_gbps", "ceiling_sgemm_gflops",
-                   "roofline_gflops", "baseline_impl", "baseline_time", "baseline_peak_bytes", "speedup",
-                   "speedup_low", "speedup_high", "speedup_method"]
+                   "ceiling_fma_peak_gflops", "ceiling_note", "roofline_gflops", "baseline_impl", "baseline_time",
+                   "baseline_peak_bytes", "speedup", "speedup_low", "speedup_high", "speedup_method",
+                   "speedup_pi_low", "speedup_pi_high"]
 
 
 def _derived(df: pd.DataFrame) -> pd.DataFrame:
     """FLOPs, bytes and parameters from the shape (when missing), the rates against the
-    run's best ceilings, and the comparison with the baseline of the same run."""
-    for column in DERIVED_COLUMNS + ["machine"]:
-        if column not in df.columns:
-            df[column] = None
+    machine's ceilings (`_ceilings`), and the comparison with the baseline of the same run."""
+    # added at once: one column at a time fragments a frame that already holds every record field
+    missing = [c for c in DERIVED_COLUMNS + ["machine"] if c not in df.columns]
+    df = pd.concat([df, pd.DataFrame({c: [None] * len(df) for c in missing}, index=df.index, dtype=object)], axis=1)
     if df.empty:
         return df
     df["layer"] = [
@@ -447,25 +448,54 @@ def _derived(df: pd.DataFrame) -> pd.DataFrame:
             df.at[index, "params"] = shape.params(kind)
     df["layer_flops"] = layer_flops
 
-    # A run measures its ceilings several times; each record carries the best so far, so
-    # the run's best is the largest over its records (per device and thread count).
-    group = [df["run_id"], df["device"], df["machine_threads"].fillna(-1)]
-    df["ceiling_copy_gbps"] = df.groupby(group)["machine_copy_gbps"].transform("max")
-    df["ceiling_sgemm_gflops"] = df.groupby(group)["machine_sgemm_gflops"].transform("max")
+    # what the shape and the time allow is computed; what they do not is kept as recorded
+    gflops = pd.Series(schema.rates(df["flops"], df["bytes"], df["time_median"])["gflops"], index=df.index)
+    df["gflops"] = gflops.replace([np.inf, -np.inf], np.nan).where(gflops.notna(), df["gflops"])
+    df = _ceilings(df)
     derived = schema.rates(df["flops"], df["bytes"], df["time_median"], df["ceiling_copy_gbps"],
                            df["ceiling_sgemm_gflops"])
     for column, values in derived.items():
         values = pd.Series(values, index=df.index).replace([np.inf, -np.inf], np.nan)
-        # what the shape and the time allow is computed; what they do not is kept as recorded
         df[column] = values if column == "roofline_gflops" else values.where(values.notna(), df[column])
     return _speedups(df)
+
+
+def _ceilings(df: pd.DataFrame) -> pd.DataFrame:
+    """The roofline's ceilings of each row. Copy bandwidth: the best its run measured (each
+    record carries the best so far, so the largest over the run's records), per device and
+    thread count. Compute: the best large-GEMM rate seen on the machine at that device and
+    thread count, over every run loaded (one run's few GEMMs can all fall in a slow stretch
+    of a shared machine: 78-121 GFLOP/s in one run of a 2-core Zen 3 VM), and never below
+    a measured case: where a case still ran faster, its rate is the ceiling and
+    `ceiling_note` says which. The baseline's rate does not raise it: its FLOPs are the
+    direct count, which a Winograd or FFT algorithm undercuts (its `roofline_note` says
+    so). Beside them `ceiling_fma_peak_gflops`, the instruction set's FMA peak the machine
+    record estimates, at the same thread count."""
+    threads = df["machine_threads"].fillna(-1)
+    df["ceiling_copy_gbps"] = df.groupby([df["run_id"], df["device"], threads])["machine_copy_gbps"].transform("max")
+    key = pd.DataFrame({"machine": df["machine"].fillna("unknown machine"), "device": df["device"], "threads": threads})
+    group = [key[c] for c in key]
+    measured = df.groupby(group)["machine_sgemm_gflops"].transform("max")
+    fma = pd.to_numeric(df.get("machine_fma_peak_gflops", pd.Series(math.nan, index=df.index)), errors="coerce")
+    df["ceiling_fma_peak_gflops"] = fma.groupby(group).transform("max")
+    # the fastest case of each group whose rate may raise the ceiling
+    able = (df["status"] == "ok") & ~df["baseline"].astype(bool) & (df["gflops"] > 0)
+    fastest = (pd.concat([key, df[["gflops", "impl", "direction", "layer"]]], axis=1)[able]
+               .sort_values("gflops", ascending=False, kind="stable").drop_duplicates(list(key)))
+    fastest = key.merge(fastest, on=list(key), how="left").set_index(df.index)
+    raised = measured.notna() & (fastest["gflops"] > measured)
+    df["ceiling_sgemm_gflops"] = measured.where(~raised, fastest["gflops"])
+    df["ceiling_note"] = [f"raised to {f['impl']} {f['direction']} {f['layer']}'s rate: no GEMM measured faster"
+                          if r else None for r, f in zip(raised, fastest.to_dict("records"))]
+    return df
 
 
 def _speedups(df: pd.DataFrame) -> pd.DataFrame:
     """speedup = the baseline's time / the case's, for the same run, device, layer, dtype and
     direction (the fastest baseline if a run has several), with its 95% interval
-    (bench.intervals.ratio: pass by pass when the two were timed in the same interleaved
-    passes, else median / median)."""
+    (bench.intervals.ratio: by rounds or pass by pass when the two were timed in the same
+    interleaved passes, else median / median) and, from rounds, its 95% prediction
+    interval (where a rerun's speedup is expected to fall)."""
     key = ["run_id", "device", "table", "shape", "dtype", "direction"]
     carried = ["time_samples", "time_ci95_low", "time_ci95_high", "time_iqr", "rounds", "time_pass_medians",
                "interleave_group"]
@@ -476,10 +506,11 @@ def _speedups(df: pd.DataFrame) -> pd.DataFrame:
         "peak_bytes": "baseline_peak_bytes", **{c: f"bl_{c}" for c in carried}})
     df = df.drop(columns=["baseline_impl", "baseline_time", "baseline_peak_bytes"]).merge(base, on=key, how="left")
     df["speedup"] = df["baseline_time"] / df["time_median"]
-    value, low, high, method = [], [], [], []
+    value, low, high, method, pi_low, pi_high = [], [], [], [], [], []
     for row in df[["status", "speedup", "case", "bl_case", "time_median", "baseline_time"] + carried
                   + [f"bl_{c}" for c in carried]].to_dict("records"):
         v = row["speedup"]
+        pl = ph = math.nan
         if row["status"] != "ok" or not v == v:
             lo, hi, how = math.nan, math.nan, None
         elif row["case"] == row["bl_case"]:  # the baseline itself
@@ -487,11 +518,15 @@ def _speedups(df: pd.DataFrame) -> pd.DataFrame:
         else:
             baseline = {c: row[f"bl_{c}"] for c in carried} | {"time_median": row["baseline_time"]}
             v, lo, hi, how = intervals.ratio(baseline, row)
+            pl, ph = intervals.prediction(baseline, row)
         value.append(v)
         low.append(lo)
         high.append(hi)
         method.append(how)
+        pi_low.append(pl)
+        pi_high.append(ph)
     df["speedup"], df["speedup_low"], df["speedup_high"], df["speedup_method"] = value, low, high, method
+    df["speedup_pi_low"], df["speedup_pi_high"] = pi_low, pi_high
     return df.drop(columns=["bl_case"] + [f"bl_{c}" for c in carried])
 
 

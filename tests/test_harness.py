@@ -1,9 +1,9 @@
-"""The benchmark harness: cases, the gate, timers, records, the driver's failure paths,
-streaming and resumable results, --isolate, and the CLI's answers to mistakes."""
+"""The benchmark harness in one process: cases, the gate, timers, records, the driver's
+failure paths, the results file, and the CLI's answers to mistakes (the sweep in worker
+processes: tests/test_sweep.py)."""
 
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -110,20 +110,6 @@ def test_an_exception_while_timed_is_recorded_by_the_driver():
     assert rec["max_rel_error"] is not None  # the gate passed; the record says so
 
 
-def test_crash_is_recorded_and_the_sweep_goes_on(broken, tmp_path):
-    out = tmp_path / "r.jsonl"
-    code = cli.main(["run", "--preset", "smoke", "--impl", "crashes,wrong_answer,torch", "--device", "cpu",
-                     "--direction", "forward", "--min-time", "0.01", "--max-time", "0.02", "--results", str(out)])
-    recs = records.read_records(out)
-    status = {}
-    for r in recs:
-        status.setdefault(r["impl"], set()).add(r["status"])
-    assert status == {"crashes": {"failed"}, "wrong_answer": {"failed"}, "torch": {"ok"}}
-    assert any("kernel exploded" in r["reason"] for r in recs if r["impl"] == "crashes")
-    assert len(recs) == 3 * len(tables.TABLES["smoke"])
-    assert code == 1  # failures are reported in the exit status
-
-
 def test_unavailable_case_is_skipped_with_reason():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
@@ -183,28 +169,6 @@ def test_compile_time_is_recorded_and_a_recompile_while_timed_fails_the_case(mon
 
 
 # ---------------------------------------------------------------------------- timing
-def test_interleaved_measurement_pools_shuffled_passes(broken, tmp_path):
-    out = tmp_path / "r.jsonl"
-    code = cli.main(["run", "--preset", "smoke", "--impl", "crashes,dense,torch", "--device", "cpu",
-                     "--direction", "forward", "--min-time", "0.03", "--max-time", "0.03", "--interleave", "3",
-                     "--results", str(out)])
-    recs = records.read_records(out)
-    assert len(recs) == 3 * len(tables.TABLES["smoke"]) and code == 1  # `crashes` fails, the rest goes on
-    ok = [r for r in recs if r["impl"] in ("dense", "torch")]
-    assert ok and all(r["status"] == "ok" for r in ok)
-    for r in ok:
-        assert r["interleave_passes"] >= 3 and len(r["time_pass_medians"]) == r["interleave_passes"]
-        assert r["rounds"] >= r["interleave_passes"] and r["time_repeat_median"] > 0
-        assert min(r["time_pass_medians"]) <= r["time_median"] <= max(r["time_pass_medians"])
-    # the cases of one layer share one measurement, so their ratios are paired pass by pass
-    for shape in {r["shape"] for r in ok}:
-        pair = [r for r in ok if r["shape"] == shape]
-        assert len(pair) == 2 and pair[0]["interleave_group"] == pair[1]["interleave_group"]
-    assert len({r["interleave_group"] for r in ok}) == len(tables.TABLES["smoke"])
-    # records of one layer keep the order of the cases, as without --interleave
-    assert [r["impl"] for r in recs[:3]] == ["crashes", "dense", "torch"]
-
-
 def test_paired_ratio_follows_the_passes_not_the_pooled_medians():
     # a and b in the same six rounds: a is twice b's time in every round, but the machine
     # was slow (x3) in the rounds b's pooled median falls in and a's does not
@@ -218,50 +182,6 @@ def test_paired_ratio_follows_the_passes_not_the_pooled_medians():
     # different measurements, or too few passes: median / median
     assert intervals.ratio({**a, "interleave_group": "h"}, b)[0] == pytest.approx(2 / 3)
     assert intervals.paired_ratio({**a, "time_pass_medians": [2.0] * 5}, b) is None
-
-
-class _Jittery(impls.get("torch").__class__):
-    """Every other call 3 ms slower while `noisy`: a first measurement that a slow stretch
-    spoiled."""
-
-    name = "jittery"
-    noisy = True
-    calls = 0
-
-    def _forward_train(self, x, prepared, p):
-        _Jittery.calls += 1
-        if _Jittery.noisy and _Jittery.calls % 2:
-            import time
-
-            time.sleep(0.003)
-        return super()._forward_train(x, prepared, p)
-
-
-def test_remeasure_measures_a_flagged_group_again_and_keeps_the_first(monkeypatch, tmp_path):
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    impls.register(_Jittery())
-    measure_group = driver.Driver._measure_group
-
-    def quiet_after_the_first_pass(self, group):
-        out = measure_group(self, group)
-        _Jittery.noisy = False
-        return out
-
-    monkeypatch.setattr(driver.Driver, "_measure_group", quiet_after_the_first_pass)
-    _Jittery.noisy = True
-    out = tmp_path / "r.jsonl"
-    found = [c for c in cases.select_cases(["smoke"], impl_names=["jittery", "torch"], devices=["cpu"],
-                                           directions=["forward"]) if c.row.name == "c4-n6-s9-k3"]
-    settings = driver.Settings(threads=1, rule=timing.StopRule(min_time=0.05, max_time=0.05, min_rounds=20),
-                               interleave=2, remeasure=True)
-    recs = list(driver.Driver(settings, records.ResultsWriter(out)).run(found))
-    assert [(r["impl"], r["attempt"]) for r in recs] == [("jittery", 1), ("torch", 1), ("jittery", 2), ("torch", 2)]
-    first, again = recs[0], recs[2]
-    assert any(text.startswith("95% interval") for text, _ in schema.quality_flags(first))  # half the calls slow
-    assert again["earlier_attempts"][0]["time_median"] == first["time_median"]
-    assert again["time_median"] < first["time_median"]  # the 3 ms sleeps are gone
-    assert recs[3]["earlier_attempts"][0]["time_median"] == recs[1]["time_median"]  # its comparator too
-    assert len(records.read_records(out)) == 4
 
 
 def test_stopping_rule_stops_when_the_interval_is_narrow_or_at_the_cap():
@@ -342,15 +262,11 @@ def test_warm_up_reaches_steady_state():
 
 
 # ---------------------------------------------------------------------------- probes, memory, ceilings
-def test_cpu_use_and_the_slow_period_warning():
+def test_cpu_use_and_the_reference_probe():
     use = probes.CpuUse()
     with use:
         sum(i * i for i in range(200_000))  # one busy thread
     assert 0.5 < use.utilization <= 1.1
-    rec = {"device": "cpu", "probe_gflops": 190.0, "machine": {"threads": 2}}
-    assert "slow period: compute probe 24% below the run's reference" in cli._slow_period(rec, reference=250.0)
-    assert cli._slow_period(rec, reference=211.0) == ""  # 10% below: within the machine's normal spread
-    assert cli._slow_period(rec) == "" and cli._slow_period({**rec, "device": "cuda"}, reference=250.0) == ""
     # the reference is a high percentile of the run's readings: one lucky reading does not set it
     assert schema.reference_probe([150.0] * 19 + [300.0]) == pytest.approx(150.0)
 
@@ -444,47 +360,6 @@ def _cli(*args, env=None, timeout=600):
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
-SWEEP = ["run", "--preset", "smoke", "--impl", "torch,dense,naive", "--device", "cpu", "--direction",
-         "forward,train", "--min-time", "0.01", "--max-time", "0.02", "--threads", "1"]
-
-
-def test_a_sweep_killed_with_sigkill_and_resumed_has_every_case_once(tmp_path):
-    out = tmp_path / "r.jsonl"
-    expected = {c.id for c in cases.select_cases(["smoke"], impl_names=["torch", "dense", "naive"],
-                                                  devices=["cpu"], directions=["forward", "train"])}
-    proc = subprocess.Popen([sys.executable, "-m", "bench", *SWEEP, "--results", str(out)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    for line in proc.stdout:  # kill it in the middle of the sweep
-        if line.startswith("[3/"):
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait(timeout=60)
-    done = {r["case"] for r in records.read_records(out)}
-    assert 3 <= len(done) < len(expected)
-    result = _cli(*SWEEP, "--results", str(out), "--resume")
-    assert result.returncode == 0, result.stderr
-    assert f"{len(done)} cases already measured there are skipped" in result.stdout
-    recs = records.read_records(out)
-    assert sorted(r["case"] for r in recs) == sorted(expected)  # every case exactly once
-
-
-def test_isolate_records_a_segfault_with_its_signal_and_goes_on(tmp_path):
-    out = tmp_path / "r.jsonl"
-    env = {"FLATCONV_IMPLS": "broken_impls", "PYTHONPATH": f"{REPO / 'tests'}{os.pathsep}{REPO}"}
-    result = _cli("run", "--preset", "smoke", "--impl", "segfaults,torch", "--device", "cpu", "--direction",
-                  "forward", "--min-time", "0.01", "--max-time", "0.02", "--isolate", "--interleave", "2",
-                  "--results", str(out), env=env)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    recs = {(r["impl"], r["shape"]): r for r in records.read_records(out)}
-    assert len(recs) == 2 * len(tables.TABLES["smoke"])
-    for (impl, _), r in recs.items():
-        if impl == "segfaults":
-            assert r["status"] == "failed" and r["exit_signal"] == "SIGSEGV"
-            assert r["reason"] == "the case's process ended by SIGSEGV"
-        else:
-            assert r["status"] == "ok" and r["run_id"] == recs[("segfaults", r["shape"])]["run_id"]
-
-
 # ---------------------------------------------------------------------------- selection and tables
 def test_case_selection_filters_and_names():
     found = cases.select_cases(["smoke"], impl_names=["torch"], devices=["cpu"], directions=["forward", "stages"])
@@ -545,11 +420,11 @@ def test_tables_are_well_formed():
     (["--preset", "nope"], "--preset: unknown 'nope'"),
     (["--device", "tpu"], "--device: unknown 'tpu'"),
     (["--direction", "sideways"], "--direction: unknown 'sideways'"),
-    (["--min-time", "-1"], "--min-time: expected seconds > 0"),
-    (["--min-time", "nan"], "--min-time: expected seconds > 0"),
-    (["--interleave", "0"], "--interleave: expected a whole number >= 1, got 0"),
-    (["--interleave", "x"], "--interleave: expected a whole number >= 1"),
-    (["--rel-ci", "2"], "--rel-ci: expected a fraction in (0, 1)"),
+    (["--block", "-1"], "--block: expected seconds > 0"),
+    (["--block", "nan"], "--block: expected seconds > 0"),
+    (["--rounds", "0"], "--rounds: expected a whole number >= 1, got 0"),
+    (["--passes", "x"], "--passes: expected a whole number >= 1"),
+    (["--rel-pi", "2"], "--rel-pi: expected a fraction in (0, 1)"),
     (["--baseline", "nope"], "--baseline: unknown implementation 'nope'"),
     (["--results", "/proc/nowhere/r.jsonl"], "--results: /proc/nowhere/r.jsonl cannot be written"),
     (["--bogus"], "unrecognized arguments: --bogus"),

@@ -8,12 +8,12 @@
 #   tests.log      the correctness tests of every CUDA implementation vs the float64 oracle (90 s)
 #   sanitizer.log  compute-sanitizer memcheck over a small forward + backward of cupy and
 #                  cupy_fused (60 s; a refused device is recorded as the reason)
-#   gpu-PASS.jsonl the sweep, records streamed as cases end (the rest of 6 minutes, 4 at most):
+#   gpu-PASS.jsonl the sweep, each step's records as the step ends (the rest of 6 minutes, 4 at most):
 #                  the goal layers forward and train, then their kernels (stages), torch.compile,
 #                  then the paper table forward and train, backward and stages while time remains
 #   bench.log      the sweep's output;  status.txt  each stage's exit status
 # A pass is named by PASS (default: the UTC time it started), so two passes never share a
-# file; within a pass the sweep's steps append to one file with --resume.
+# file; within a pass the sweep's steps append to one file.
 set -uo pipefail
 OUT=${1:?usage: bash bench/gpu/run.sh OUTDIR [--full]}
 FULL=${2:-}
@@ -80,8 +80,11 @@ else
 fi
 tail -n 5 "$OUT/sanitizer.log"
 
-# The sweep: each step resumes the pass's file, so a step cut off by its time limit keeps
-# what it finished and the next step does not measure it again.
+# The sweep: each step is a sweep of its own (worker processes, rounds: bench/sweep.py)
+# into a file of its own, appended to the pass's file when it ends; a step cut off by its
+# time limit (SIGTERM) writes what its finished visits measured first.
+STEPS=$(mktemp -d)
+STEP=0
 sweep() {  # sweep SECONDS ARGS...: one step, at most SECONDS and what the pass has left
     local budget=$1; shift
     local remaining; remaining=$(left)
@@ -89,9 +92,11 @@ sweep() {  # sweep SECONDS ARGS...: one step, at most SECONDS and what the pass 
     [ "$remaining" -lt "$budget" ] && budget=$remaining
     if [ "$budget" -lt 10 ]; then echo "-- no time left for: $*" | tee -a "$OUT/bench.log"; return; fi
     echo "-- ${budget}s: $*" | tee -a "$OUT/bench.log"
-    timeout "$budget" $PY -m bench run --device cuda --baseline torch --results "$RESULTS" --resume "$@" \
+    STEP=$((STEP + 1))
+    timeout "$budget" $PY -m bench run --device cuda --baseline torch --solo 0 --results "$STEPS/$STEP.jsonl" "$@" \
         >> "$OUT/bench.log" 2>&1
     note "sweep:$*" $?
+    [ -f "$STEPS/$STEP.jsonl" ] && cat "$STEPS/$STEP.jsonl" >> "$RESULTS"
 }
 registered() {  # the names in $1 that this version registers
     $PY -c "import impls, sys; print(','.join(n for n in sys.argv[1].split(',') if n in impls.names()))" "$1"
@@ -99,13 +104,14 @@ registered() {  # the names in $1 that this version registers
 GPU_IMPLS=$(registered torch,cudnn,dense,im2col,cupy,cupy_fused,triton_fused)
 stage "sweep, pass $PASS"
 if [ "$FULL" = "--full" ]; then
-    sweep 540 --preset goals,paper,sweep --direction forward,backward,train,stages --interleave 5 --min-time 0.3 --max-time 1.5
+    sweep 540 --preset goals,paper,sweep --direction forward,backward,train,stages --rounds 5 --passes 5
 else
-    sweep 75 --preset goals --impl "$GPU_IMPLS" --direction forward,train --interleave 3 --min-time 0.1 --max-time 0.3
-    sweep 40 --preset goals --impl "$(registered torch,cupy,cupy_fused,triton_fused)" --direction stages --interleave 3 --min-time 0.1 --max-time 0.3
-    sweep 60 --preset goals --impl "$(registered torch,torch_compile,cupy_fused,triton_fused)" --direction forward --interleave 3 --min-time 0.1 --max-time 0.3
-    sweep 60 --preset paper --impl "$GPU_IMPLS" --direction forward,train --min-time 0.05 --max-time 0.15
-    sweep 60 --preset paper --impl "$GPU_IMPLS" --direction backward,stages --min-time 0.05 --max-time 0.15
+    QUICK="--rounds 3 --passes 3 --block 0.01 --rel-pi off"
+    sweep 75 --preset goals --impl "$GPU_IMPLS" --direction forward,train $QUICK
+    sweep 40 --preset goals --impl "$(registered torch,cupy,cupy_fused,triton_fused)" --direction stages $QUICK
+    sweep 60 --preset goals --impl "$(registered torch,torch_compile,cupy_fused,triton_fused)" --direction forward $QUICK
+    sweep 60 --preset paper --impl "$GPU_IMPLS" --direction forward,train --rounds 2 --passes 3 --block 0.005 --rel-pi off
+    sweep 60 --preset paper --impl "$GPU_IMPLS" --direction backward,stages --rounds 2 --passes 3 --block 0.005 --rel-pi off
 fi
 tail -n 40 "$OUT/bench.log"
 echo; echo "== done in $(( $(date +%s) - START )) s; status:"; cat "$OUT/status.txt"; ls -la "$OUT"

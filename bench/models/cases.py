@@ -89,7 +89,8 @@ class ModelCase:
             size //= 2 if pool else 1
         return total
 
-    def set_up(self, threads: int | None = None, warmup: bool = True) -> gate.Bench:
+    def set_up(self, threads: int | None = None, warmup: bool | dict = True, gate: bool = True) -> gate.Bench:
+        # A network is always gated: its float64 twin is built with it anyway.
         return setup_model_case(self, threads, warmup)
 
     def extra_fields(self, stats: dict | None) -> dict:
@@ -125,7 +126,7 @@ def select_model_cases(tables_, *, impl_names=None, devices=None, directions=MOD
     return out
 
 
-def setup_model_case(case: ModelCase, threads: int | None = None, warmup: bool = True) -> gate.Bench:
+def setup_model_case(case: ModelCase, threads: int | None = None, warmup: bool | dict = True) -> gate.Bench:
     """Build the network, gate it against its float64 twin (same weights; the flattened
     layers through impl "torch", the baseline's nn.Conv2d in float64) and return a
     warmed-up Bench whose `call` runs the case once. Raises gate.Unavailable or
@@ -180,5 +181,5 @@ def setup_model_case(case: ModelCase, threads: int | None = None, warmup: bool =
     bench = gate.Bench(case, gate.synchronised(case.device, raw), raw, errors, impl, threads=threads,
                        graphable=case.direction == "forward")
     if warmup:
-        bench.warmup_calls = timing.warm_up(bench.call)
+        bench.warmup_calls = timing.warm_up(bench.call, **(warmup if isinstance(warmup, dict) else {}))
     return bench
