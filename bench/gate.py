@@ -9,8 +9,11 @@ model table (bench/models) uses the same `require`, `cuda_flags` and `check`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import os
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -99,14 +102,31 @@ def _inputs(row: tables.Row, table: str, device: str):
     return x, gy, params
 
 
+# A folder where processes of one sweep share the oracle's results (bench/sweep.py sets it
+# for its workers): every worker gates its implementation on every layer, and computing
+# the float64 oracle in each of them cost the sweep's first round about a tenth of its time.
+ORACLE_DIR_ENV = "BENCH_ORACLE_DIR"
+
+
 @functools.lru_cache(maxsize=4)
 def _oracle(row: tables.Row, table: str, device: str, gated_by: str | None):
     """The float64 oracle's output and gradients, shared by every implementation of a
     layer; `gated_by` names the implementation whose `gate` changed the parameters."""
+    shared = os.environ.get(ORACLE_DIR_ENV)
+    path = Path(shared) / f"{table}-{row.name}-{device}-{gated_by or 'plain'}.pt" if shared else None
+    if path is not None and path.exists():
+        with contextlib.suppress(Exception):  # a torn or foreign file: computed again
+            return torch.load(path, map_location=device, weights_only=False)
     x, gy, params = _inputs(row, table, device)
     if gated_by is not None:
         params = impls.get(gated_by).gate(params, row.padding)[0]
-    return params, reference.forward(x, params, row.padding), reference.backward(x, params, row.padding, gy).tensors()
+    out = params, reference.forward(x, params, row.padding), reference.backward(x, params, row.padding, gy).tensors()
+    if path is not None:
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with contextlib.suppress(OSError):
+            torch.save(out, tmp)
+            os.replace(tmp, path)  # whole or not at all, for the worker that reads it next
+    return out
 
 
 def synchronised(device: str, raw: Callable[[], object]) -> Callable[[], object]:

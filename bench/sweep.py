@@ -33,20 +33,22 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
-from . import gpu_state, intervals, machine, memory, probes, records, schema, workers
+from . import gate, gpu_state, intervals, machine, memory, probes, records, schema, workers
 from .cases import known_impl
 
 # How a case warms up in each worker process: the first time in a sweep to steady state
-# (timing.warm_up's own rule, at most half a second); later rounds to a shorter steady state, for the first
-# round has shown what settles (the allocator, a compiled graph) and a round's fresh
-# process only has to get there again.
-WARMUP_FIRST = {"max_seconds": 0.5}
+# (timing.warm_up's own rule, at most 0.3 s); later rounds to a shorter steady state, for
+# the first round has shown what settles (the allocator, a compiled graph) and a round's
+# fresh process only has to get there again.
+WARMUP_FIRST = {"max_seconds": 0.3}
 WARMUP_LATER = {"window": 1, "max_seconds": 0.1}
 
 
@@ -55,11 +57,16 @@ class Plan:
     """How a sweep measures; `python -m bench run`'s options map onto this."""
 
     rounds: int = 5  # rounds across the sweep, each in fresh worker processes
-    passes: int = 3  # shuffled passes per group and round
-    block: float = 0.015  # seconds of one case in one pass (one call at least)
-    max_rounds: int = 7  # rounds at most, for groups whose prediction interval stays wide
+    passes: int = 2  # shuffled passes per group and round
+    # Seconds of one case in one pass (one call at least). Not shorter: switching between
+    # worker processes costs the next block more than its first call on the 2-core VM (dense
+    # (64,64,32,3) forward read 11 ms a call in 15 ms blocks alternated with two others,
+    # 6.0 ms in 30 ms blocks, 6.2 ms alone; openmp_fused's 90th percentile block 8x its
+    # median at 15 ms, 1.12x at 30 ms).
+    block: float = 0.03
+    max_rounds: int = 6  # rounds at most, for groups whose prediction interval stays wide
     rel_pi: float | None = 0.08  # ... wider than this (relative half-width); None: no more rounds
-    extra_budget: float = 0.15  # more rounds take at most this share of the planned rounds' time
+    extra_budget: float = 0.1  # more rounds take at most this share of the planned rounds' time
     solo: int = 2  # cases of one group also timed alone, the other workers stopped, each round
     threads: int | None = None
     seed: int = 0
@@ -203,6 +210,8 @@ class Sweep:
 
         for s in previous:
             signal.signal(s, stop)
+        oracle = tempfile.mkdtemp(prefix="bench-oracle-")  # the workers share the oracle's results
+        self.env = {**self.env, gate.ORACLE_DIR_ENV: oracle}
         try:
             self._rounds()
         except Interrupted as e:
@@ -211,6 +220,7 @@ class Sweep:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+            shutil.rmtree(oracle, ignore_errors=True)
         return self.write()
 
     def _rounds(self) -> None:
@@ -254,7 +264,8 @@ class Sweep:
         if not needed:
             return
         began = time.perf_counter()
-        pool = workers.start(needed, self.env)
+        self._templates: dict = {}  # this round's: its workers forked from a fresh one
+        pool = workers.start(needed, self.env, self._templates)
         self.say(f"round {r + 1}: {len(needed)} worker process(es) started in {time.perf_counter() - began:.1f} s")
         try:
             for i, g in enumerate(todo):
@@ -262,7 +273,7 @@ class Sweep:
             if solo_group in todo:
                 self._solo(r, pool)
         finally:
-            workers.stop_all(pool.values())
+            workers.stop_all(pool.values(), self._templates)
         self.write()
 
     def _worker(self, pool: dict, member: Member) -> workers.Worker:
@@ -270,7 +281,8 @@ class Sweep:
         if w is None or w.proc.poll() is not None:  # died earlier in this round: a fresh one
             if w is not None:
                 w.kill()
-            w = pool[member.worker] = workers.Worker(member.worker, member.root, self.env)
+            w = pool[member.worker] = workers.Worker(member.worker, member.root, self.env,
+                                                     self._templates.get(member.root))
         return w
 
     def _gpu(self):
@@ -437,7 +449,7 @@ class Sweep:
         by up to a third from one fresh process to the next here, cancels)."""
         visit = next((v for v in reversed(self.journal.visits()) if v["round"] == r), None)
         keep = {self.by_key[k].worker for k in self.solo}
-        workers.stop_all(w for label, w in pool.items() if label not in keep)
+        workers.stop_all([w for label, w in pool.items() if label not in keep])
         for key in self.solo:
             m = self.by_key[key]
             mine = (visit or {}).get("members", {}).get(key)

@@ -28,6 +28,7 @@ is always the driver's.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -65,17 +66,20 @@ class Worker:
     "torch" or "A:torch" names it in messages). Requests block until answered."""
 
     def __init__(self, label: str, impls_root: Path | None = None, env: dict | None = None,
-                 log_dir: Path | None = None):
+                 template: "Template | None" = None):
         self.label = label
         parent, child = socket.socketpair()
         self._log = tempfile.NamedTemporaryFile(mode="w+b", prefix=f"worker-{label.replace(':', '-')}-",
-                                                suffix=".log", dir=log_dir, delete=False)
-        argv = [sys.executable, "-m", "bench.workers", str(child.fileno())]
-        if impls_root is not None:
-            argv.append(str(impls_root))
-        self.proc = subprocess.Popen(argv, cwd=ROOT, env=env if env is not None else dict(os.environ),
-                                     pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
-                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+                                                suffix=".log", delete=False)
+        if template is not None and template.alive():
+            self.proc = template.fork(child, self._log.name)
+        else:
+            argv = [sys.executable, "-m", "bench.workers", str(child.fileno())]
+            if impls_root is not None:
+                argv.append(str(impls_root))
+            self.proc = subprocess.Popen(argv, cwd=ROOT, env=env if env is not None else dict(os.environ),
+                                         pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
+                                         stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         child.close()
         self._sock = parent  # kept open: Connection works on its descriptor
         self._conn = Connection(os.dup(parent.fileno()))
@@ -163,8 +167,9 @@ class Worker:
             os.unlink(self._log.name)
 
 
-def stop_all(pool) -> None:
-    """Stop workers together: each takes most of a second to exit (torch's teardown)."""
+def stop_all(pool, templates: dict | None = None) -> None:
+    """Stop workers together (each takes most of a second to exit: torch's teardown),
+    then the templates they were forked from."""
     pool = list(pool)
     for w in pool:
         if w.proc.poll() is None:
@@ -172,18 +177,112 @@ def stop_all(pool) -> None:
                 w._conn.send({"op": "stop"})
     for w in pool:
         w.stop()
+    for template in (templates or {}).values():
+        template.stop()
+    if templates is not None:
+        templates.clear()
 
 
-def start(labels: dict[str, Path | None], env: dict | None = None) -> dict[str, Worker]:
-    """Workers for `labels` ({label: impls root or None}), started together (nothing is
-    timed while they import) and ready."""
-    workers = {label: Worker(label, root, env) for label, root in labels.items()}
+def start(labels: dict[str, Path | None], env: dict | None = None,
+          templates: dict | None = None) -> dict[str, Worker]:
+    """Workers for `labels` ({label: impls root or None}), ready. With `templates` (a dict
+    the caller keeps, and stops with stop_all), each is forked from a template process of
+    its impls root, started here, that imported torch and the harness once: a worker then
+    starts in a tenth of a second where importing torch took two (eight of them: 10 s of
+    every round of a sweep on the 2-core VM)."""
+    if templates is not None:
+        for root in set(labels.values()):
+            if root not in templates:
+                templates[root] = Template(root, env)
+    workers = {label: Worker(label, root, env, (templates or {}).get(root)) for label, root in labels.items()}
     for w in workers.values():
         try:
             w.ready()
         except WorkerDied:
             pass  # the first request to it says how it died
     return workers
+
+
+class _Forked:
+    """A worker forked by a Template: what Worker needs of a subprocess.Popen (its exit
+    status comes from the template, whose child it is)."""
+
+    def __init__(self, template: "Template", pid: int):
+        self.template, self.pid, self.returncode = template, pid, None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.returncode = self.template.status(self.pid)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        end = time.monotonic() + (timeout if timeout is not None else 1e9)
+        while self.poll() is None:
+            if time.monotonic() > end:
+                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout)
+            time.sleep(0.01)
+        return self.returncode
+
+
+class Template:
+    """A process that has imported torch, impls and the harness, and forks workers on
+    request: `python -m bench.workers --template FD [IMPLS_ROOT]`. It runs no torch op
+    and starts no thread pool before it forks (as asv's forkserver does); a sweep starts
+    a fresh one each round, so every round's workers have an address layout of their own."""
+
+    def __init__(self, impls_root: Path | None = None, env: dict | None = None):
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        argv = [sys.executable, "-m", "bench.workers", "--template", str(child.fileno())]
+        if impls_root is not None:
+            argv.append(str(impls_root))
+        self.proc = subprocess.Popen(argv, cwd=ROOT, env=env if env is not None else dict(os.environ),
+                                     pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        child.close()
+        self._sock = parent
+        self._sock.settimeout(START_SECONDS)
+        try:
+            self.hello = json.loads(self._sock.recv(4096) or b"null")
+        except (OSError, ValueError):
+            self.hello = None
+
+    def alive(self) -> bool:
+        return self.hello is not None and self.proc.poll() is None
+
+    def _ask(self, request: dict, fds=()) -> dict:
+        socket.send_fds(self._sock, [json.dumps(request).encode()], list(fds))
+        return json.loads(self._sock.recv(4096))
+
+    def fork(self, child: socket.socket, log: str) -> _Forked:
+        return _Forked(self, self._ask({"op": "fork", "log": log}, [child.fileno()])["pid"])
+
+    def status(self, pid: int) -> int | None:
+        """The exit code of a worker it forked (negative: the signal), None while it runs."""
+        try:
+            return self._ask({"op": "status", "pid": pid})["code"]
+        except (OSError, ValueError):  # the template is gone: so are the statuses
+            return None if _running(pid) else -signal.SIGKILL
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            socket.send_fds(self._sock, [json.dumps({"op": "stop"}).encode()], [])
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._sock.close()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def quiet() -> float:
@@ -224,12 +323,17 @@ class _Server:
                 "compile_seconds": (after["compile_seconds"] - before["compile_seconds"]) if after else None}
 
     def block(self, case: str, seconds: float) -> dict:
+        """Calls for `seconds`, one at least; the first is left out when others follow: it
+        pays for the switch from the worker timed before (its threads woken, the caches
+        and TLB the other process left), 1.3-1.6x a call on the 2-core VM."""
         from . import timing
 
         bench, _ = self.benches[case]
-        rule = timing.StopRule(min_time=seconds, max_time=seconds, rel_ci=None, min_rounds=1)
         c0, w0 = time.process_time(), time.perf_counter()
-        times, _ = timing.call_times(bench, rule)
+        times, _ = timing.call_times(bench, timing.StopRule(min_time=0, max_time=0, rel_ci=None, min_rounds=1))
+        if times[0] < seconds / 2:  # calls short enough to leave the first out
+            rule = timing.StopRule(min_time=seconds, max_time=seconds, rel_ci=None, min_rounds=1)
+            times, _ = timing.call_times(bench, rule)
         cpu, wall = time.process_time() - c0, time.perf_counter() - w0
         return {"times": times, "cpu_s": cpu, "wall_s": wall, "quiet_s": quiet()}
 
@@ -300,5 +404,64 @@ def serve(fd: int, impls_root: str | None = None) -> int:
         conn.send(answer)
 
 
+def template(fd: int, impls_root: str | None = None) -> int:
+    """The template's loop: fork a worker for each request (its socket comes with the
+    request), say the exit status of those that ended, stop when told."""
+    if impls_root:
+        sys.path.insert(0, impls_root)
+    sock = socket.socket(fileno=fd)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import impls  # noqa: F401 - what every worker needs, imported once
+
+    from . import cases, driver, memory  # noqa: F401
+
+    ended: dict[int, int] = {}
+
+    def reap(*_):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            ended[pid] = os.waitstatus_to_exitcode(status)
+
+    signal.signal(signal.SIGCHLD, reap)
+    sock.send(json.dumps({"pid": os.getpid()}).encode())
+    while True:
+        msg, fds, _, _ = socket.recv_fds(sock, 4096, 1)
+        if not msg:
+            return 0
+        request = json.loads(msg)
+        if request["op"] == "stop":
+            return 0
+        if request["op"] == "status":
+            reap()
+            sock.send(json.dumps({"code": ended.get(request["pid"])}).encode())
+            continue
+        pid = os.fork()
+        if pid == 0:  # the worker: a session of its own, its output in its log, then serve
+            code = 1
+            try:
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                sock.close()
+                os.setsid()
+                log = os.open(request["log"], os.O_WRONLY | os.O_APPEND)
+                os.dup2(log, 1)
+                os.dup2(log, 2)
+                code = serve(fds[0], impls_root)
+            except BaseException:  # noqa: BLE001 - said in its log, which the driver reads
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        os.close(fds[0])
+        sock.send(json.dumps({"pid": pid}).encode())
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--template":
+        sys.exit(template(int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else None))
     sys.exit(serve(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None))
