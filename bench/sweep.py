@@ -413,6 +413,7 @@ class Sweep:
         measurement goes into the journal too (a resumed sweep's records keep them)."""
         seen = {k: len(v) for k, v in self.ceilings.entries.items()}
         self.ceilings.update(device)
+        workers.quiet()
         for (dev, threads), entries in self.ceilings.entries.items():
             for entry in entries[seen.get((dev, threads), 0):]:
                 self.journal.add({"kind": "ceiling", "device": dev, "threads": threads, "entry": entry})
