@@ -153,12 +153,17 @@ class Journal:
 
 
 # ------------------------------------------------------------------------ the sweep
+def progress(line: str) -> None:
+    """A progress line, flushed: a sweep piped into a log or a test reads it as it happens."""
+    print(line, flush=True)
+
+
 class Sweep:
     """Measure `members` under `plan`; `results` (or None) gets one record per member,
     `journal` the visits. `say` prints progress. `env` is the workers' environment."""
 
     def __init__(self, members: list[Member], plan: Plan, journal: Journal, results: Path | None = None,
-                 say: Callable[[str], None] = print, env: dict | None = None, resume: bool = False,
+                 say: Callable[[str], None] = progress, env: dict | None = None, resume: bool = False,
                  ceiling_log: machine.CeilingLog | None = None):
         self.members, self.plan, self.journal, self.results, self.say = members, plan, journal, results, say
         self.groups = groups_of(members)

@@ -36,7 +36,10 @@ SUMMARY_HELP = (
     "peer's median time ÷ the best hand-written one's (above 1× the hand-written code is faster). "
     "Speedup vs dense = dense median time ÷ the best flattened implementation's, same run (above 1× "
     "the flattened layer is faster). Every ratio carries its 95% interval in brackets: "
-    f"{figures.INTERVAL_NOTE}; an interval that contains 1× is no clear difference. Roofline = "
+    f"{figures.INTERVAL_NOTE}; an interval that contains 1× is no clear difference. A rerun's speedup "
+    "is the 95% prediction interval of a sweep timed in rounds (fresh worker processes each round): where "
+    "the same sweep run again is expected to put it, the spread between processes and machine states "
+    "included. Roofline = "
     "achieved GFLOP/s ÷ the machine's ceiling at that case's arithmetic intensity, min(compute GFLOP/s, "
     "copy GB/s × FLOPs/byte): compute is the best large-GEMM rate measured on the machine at that thread "
     "count over every run shown (or a flattened case's rate where none ran faster), copy the best its run "
@@ -139,6 +142,8 @@ def _summary_table(summ: pd.DataFrame, multi_dtype: bool) -> str:
                                                                  summ["hw_vs_peer_high"])]
     speedup = [html.fmt_ratio_ci(r, lo, hi) for r, lo, hi in zip(summ["speedup"], summ["speedup_low"],
                                                                   summ["speedup_high"])]
+    rerun = [f"{lo:.2f}–{hi:.2f}" if lo == lo and hi == hi else "" for lo, hi in
+             zip(summ["speedup_pi_low"], summ["speedup_pi_high"])]
     view = pd.DataFrame({
         "device": summ["device"].map(figures.device_label),
         "machine": summ["machine"],
@@ -154,6 +159,7 @@ def _summary_table(summ: pd.DataFrame, multi_dtype: bool) -> str:
         "best flattened": summ["best_flat"],
         "dense time": summ["base_time"],
         "speedup vs dense": speedup,
+        "a rerun's speedup (95%)": rerun,
         "roofline: flattened": summ["flat_roofline"],
         "roofline: dense": summ["base_roofline"],
         "peak MiB: flattened": summ["flat_peak_mib"],
@@ -385,18 +391,21 @@ def build(inputs: list | None = None, out: Path | str | None = None, problems: l
     flagged, timed = tables.quality(df), int((df["status"] == "ok").sum()) if not df.empty else 0
     listed = flagged.head(40)
     sections.append(("quality", "Measurement quality", (
-        html.paragraph(f"{len(flagged)} of {timed} timed cases are flagged: a second measurement in the same "
-                       f"run more than {schema.REPEAT:.0%} away (time_repeat_median), a compute probe taken "
-                       f"around the case more than {schema.SLOW_PROBE:.0%} below its run's reference "
-                       f"(probe_gflops: the cores were slow then), a 95% interval of the median reaching "
-                       f"further than ±{schema.WIDE_CI:.0%} of it (time_ci95_low/high), or a GPU that was "
-                       f"throttled while the case ran (throttled: a slow period of the GPU). Compare "
-                       f"such a case only with cases of the same run, or measure it again"
+        html.paragraph(f"{len(flagged)} of {timed} timed cases are flagged. A case timed in rounds of a sweep "
+                       f"(each round in fresh worker processes) is flagged when the 95% prediction interval of "
+                       f"its ratio to its group's reference (the baseline, else the others) is wider than "
+                       f"±{schema.WIDE_PI:.0%} (a rerun's ratio may land that far away), or when its rounds "
+                       f"fall apart into two modes (a process's state fixed its speed). A case measured in "
+                       f"one process (pytest-benchmark, older sweeps) is flagged by the within-run signs: a "
+                       f"second measurement more than {schema.REPEAT:.0%} away, a compute probe more than "
+                       f"{schema.SLOW_PROBE:.0%} below its run's reference, a 95% interval of the median "
+                       f"wider than ±{schema.WIDE_CI:.0%}. A GPU that throttled flags its case either way. "
+                       f"Read a flagged ratio with its prediction interval, or measure it with more rounds"
                        + (f"; the {len(listed)} worst are listed, results.csv has every case." if len(flagged) > len(listed)
                           else "."), "meta")
         + html.table(listed, formats={"median": html.fmt_time})) if not flagged.empty
-        else html.empty(f"None of the {timed} timed cases is flagged (repeat, slow period, "
-                        f"interval width, throttling).")))
+        else html.empty(f"None of the {timed} timed cases is flagged (prediction interval, modes, "
+                        f"throttling; for one-process records repeat, slow period, interval width).")))
 
     machines = tables.machines(df, data.asv_machines)
     sections.append(("machines", "Machines", html.table(machines, index=True) if not machines.empty

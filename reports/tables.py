@@ -32,12 +32,13 @@ def summary(latest: pd.DataFrame) -> pd.DataFrame:
     the fastest peer (role "peer": what a user would pick instead) and the best hand-written
     one (role "handwritten") with the hand-written code's ratio to that peer (peer time /
     hand-written time, above 1 the hand-written code is faster); the best non-baseline
-    implementation against the baseline (speedup); each ratio with its 95% interval; their
+    implementation against the baseline (speedup, with where a rerun's is expected: its 95%
+    prediction interval, from rounds); each ratio with its 95% interval; their
     fraction of the machine's roofline and their peak memory."""
     columns = ["device", "machine", "dtype", "table", "layer", "direction", "fastest", "fastest_time",
                "peer", "peer_time", "handwritten", "handwritten_time", "hw_vs_peer", "hw_vs_peer_low",
                "hw_vs_peer_high", "best_flat", "flat_time", "baseline_impl", "base_time", "speedup",
-               "speedup_low", "speedup_high", "flat_roofline", "base_roofline", "flat_peak_mib",
+               "speedup_low", "speedup_high", "speedup_pi_low", "speedup_pi_high", "flat_roofline", "base_roofline", "flat_peak_mib",
                "base_peak_mib", "_size"]
     data = latest[latest["direction"].isin(DIRECTIONS) & latest["time_median"].notna()]
     rows = []
@@ -56,8 +57,9 @@ def summary(latest: pd.DataFrame) -> pd.DataFrame:
         if peer is not None and hand is not None:
             ratio, lo, hi, _ = intervals.ratio(peer, hand)
         # within best's run (never across runs): NaN when that run has no baseline
-        speedup, s_lo, s_hi = ((best["speedup"], best["speedup_low"], best["speedup_high"]) if best is not None
-                               else (math.nan, math.nan, math.nan))
+        speedup, s_lo, s_hi, p_lo, p_hi = (
+            (best["speedup"], best["speedup_low"], best["speedup_high"], best.get("speedup_pi_low", math.nan),
+             best.get("speedup_pi_high", math.nan)) if best is not None else (math.nan,) * 5)
 
         def get(row, column, scale=1.0):
             return row[column] / scale if row is not None else math.nan
@@ -71,7 +73,8 @@ def summary(latest: pd.DataFrame) -> pd.DataFrame:
             "hw_vs_peer": ratio, "hw_vs_peer_low": lo, "hw_vs_peer_high": hi,
             "best_flat": best["impl"] if best is not None else None, "flat_time": get(best, "time_median"),
             "baseline_impl": base["impl"] if base is not None else None, "base_time": get(base, "time_median"),
-            "speedup": speedup, "speedup_low": s_lo, "speedup_high": s_hi,
+            "speedup": speedup, "speedup_low": s_lo, "speedup_high": s_hi, "speedup_pi_low": p_lo,
+            "speedup_pi_high": p_hi,
             "flat_roofline": get(best, "roofline_fraction"), "base_roofline": get(base, "roofline_fraction"),
             "flat_peak_mib": get(best, "peak_bytes", 2**20), "base_peak_mib": get(base, "peak_bytes", 2**20),
             "_size": group["layer_flops"].max(),

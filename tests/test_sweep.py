@@ -104,6 +104,7 @@ SWEEP = ["run", "--preset", "smoke", "--impl", "torch,dense,naive", "--device", 
 def test_a_sweep_killed_with_sigkill_and_resumed_has_every_case_once(tmp_path):
     out = tmp_path / "r.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "bench", *SWEEP, "--results", str(out)], cwd=REPO,
+                            env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in proc.stdout:  # kill it in the second round
         if line.startswith("[round 2 2/"):
@@ -128,6 +129,7 @@ def test_a_sweep_killed_with_sigkill_and_resumed_has_every_case_once(tmp_path):
 def test_an_interrupted_sweep_writes_what_it_measured(tmp_path):
     out = tmp_path / "r.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "bench", *SWEEP, "--results", str(out)], cwd=REPO,
+                            env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
         if line.startswith("[round 1 2/"):
