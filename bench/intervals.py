@@ -149,7 +149,8 @@ def t_quantile(df: int, level: float = LEVEL) -> float:
 @dataclasses.dataclass(frozen=True)
 class Estimate:
     """A ratio with its 95% confidence interval and, from rounds, its 95% prediction
-    interval (NaN where there is none); `rounds` the rounds behind it."""
+    interval (NaN where there is none); `rounds` the rounds behind it; `p_value` (from
+    rounds) the two-sided p of Student's t that the ratio is 1."""
 
     value: float
     low: float
@@ -158,6 +159,7 @@ class Estimate:
     pi_low: float = math.nan
     pi_high: float = math.nan
     rounds: int = 1
+    p_value: float = math.nan
 
     @property
     def pi_halfwidth(self) -> float:
@@ -176,8 +178,11 @@ def from_rounds(values) -> Estimate | None:
     mean, sd = float(xs.mean()), float(xs.std(ddof=1))
     t = t_quantile(n - 1)
     ci, pi = t * sd / math.sqrt(n), t * sd * math.sqrt(2 / n)
+    from scipy.stats import t as student
+
+    p = 2 * float(student.sf(abs(mean) / (sd / math.sqrt(n)), n - 1)) if sd > 0 else float(mean == 0)
     return Estimate(math.exp(mean), math.exp(mean - ci), math.exp(mean + ci), "rounds",
-                    math.exp(mean - pi), math.exp(mean + pi), n)
+                    math.exp(mean - pi), math.exp(mean + pi), n, p)
 
 
 def estimate(ratios_by_round: list[list[float]]) -> Estimate | None:

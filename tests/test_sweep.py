@@ -371,3 +371,19 @@ def test_ab_refuses_an_unknown_revision():
     result = _cli("ab", "HEAD", "no-such-revision-xyz", "--preset", "smoke")
     assert result.returncode == 2 and "unknown revision 'no-such-revision-xyz'" in result.stderr
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_ab_calls_a_change_only_past_the_threshold_at_p_below_one_percent():
+    from scipy.stats import ttest_1samp
+
+    from bench import ab
+
+    ratios = [0.85, 0.92, 0.83, 0.90, 0.88]  # p about 0.002
+    e = intervals.from_rounds(ratios)
+    assert e.p_value == pytest.approx(ttest_1samp(np.log(ratios), 0).pvalue)
+    assert ab.verdict(e, 0.05) == "faster" and e.p_value < 0.01
+    wide = intervals.from_rounds([0.80, 0.96, 0.78, 0.97, 0.85])  # 0.87x, CI below 1, p about 0.036
+    assert wide.high < 1 and 0.01 < wide.p_value < 0.05 and ab.verdict(wide, 0.05) == "no change"
+    slower = intervals.from_rounds([1.30, 1.25, 1.28, 1.33, 1.27])
+    assert ab.verdict(slower, 0.05) == "slower" and ab.verdict(slower, 0.40) == "no change"
+    assert ab.verdict(None, 0.05) == "not judged"
