@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from . import memory
+from . import memory, schema
 
 # Environment settings that change CPU timings (docs/DESIGN.md, "Measured pitfalls"), recorded as found.
 RECORDED_ENV = ("GLIBC_TUNABLES", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "OMP_PROC_BIND", "MKL_NUM_THREADS",
@@ -96,38 +96,59 @@ def _compiler() -> str | None:
         return None
 
 
-def _gpu_info() -> dict:
-    """GPU name, driver, memory and clocks through NVML; empty where there is no GPU."""
+def _gpu_info(nvml=None) -> dict:
+    """GPU name, driver, memory, clocks and power limit through NVML; empty where there is
+    no GPU. Each query is guarded on its own: one that raises (a field this GPU or driver
+    does not report) drops its own field, named in `gpu_error`, and keeps the others.
+    `nvml`: the pynvml module, or a stand-in for tests."""
+    if nvml is None:
+        try:
+            import pynvml as nvml
+        except ImportError:
+            return {"gpu_error": "pynvml (nvidia-ml-py) is not installed"}
     try:
-        import pynvml
-    except ImportError:
-        return {"gpu_error": "pynvml (nvidia-ml-py) is not installed"}
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as e:
+        nvml.nvmlInit()
+    except Exception as e:  # NVMLError, or a library that does not load
         return {"gpu_error": f"NVML unavailable: {e}"}
+    failed: list[str] = []
+
+    def ask(field: str, query, *args):
+        try:
+            return query(*args)
+        except Exception as e:  # NVMLError_NotSupported and kin: this field only
+            failed.append(f"{field}: {e}")
+            return None
+
     try:
         index = torch.cuda.current_device() if torch.cuda.is_available() else 0
-        h = pynvml.nvmlDeviceGetHandleByIndex(index)
-        mem = pynvml.nvmlDeviceGetMemoryInfo(h)
-        clock = pynvml.nvmlDeviceGetClockInfo
-        maxclock = pynvml.nvmlDeviceGetMaxClockInfo
-        return {
-            "gpu_name": pynvml.nvmlDeviceGetName(h),
-            "gpu_driver": pynvml.nvmlSystemGetDriverVersion(),
-            "gpu_memory_bytes": int(mem.total),
-            "gpu_clocks": {
-                "sm_mhz": clock(h, pynvml.NVML_CLOCK_SM),
-                "mem_mhz": clock(h, pynvml.NVML_CLOCK_MEM),
-                "sm_max_mhz": maxclock(h, pynvml.NVML_CLOCK_SM),
-                "mem_max_mhz": maxclock(h, pynvml.NVML_CLOCK_MEM),
-            },
-            "gpu_power_limit_w": pynvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1000,
+        h = ask("handle", nvml.nvmlDeviceGetHandleByIndex, index)
+        if h is None:
+            return {"gpu_error": f"NVML query failed: {'; '.join(failed)}"}
+        mem = ask("gpu_memory_bytes", nvml.nvmlDeviceGetMemoryInfo, h)
+        power = ask("gpu_power_limit_w", nvml.nvmlDeviceGetEnforcedPowerLimit, h)
+        clocks = {}
+        for key, query, which in (("sm_mhz", "nvmlDeviceGetClockInfo", "NVML_CLOCK_SM"),
+                                  ("mem_mhz", "nvmlDeviceGetClockInfo", "NVML_CLOCK_MEM"),
+                                  ("sm_max_mhz", "nvmlDeviceGetMaxClockInfo", "NVML_CLOCK_SM"),
+                                  ("mem_max_mhz", "nvmlDeviceGetMaxClockInfo", "NVML_CLOCK_MEM")):
+            value = ask(f"gpu_clocks.{key}", lambda q=query, w=which: getattr(nvml, q)(h, getattr(nvml, w)))
+            if value is not None:
+                clocks[key] = value
+        info = {
+            "gpu_name": ask("gpu_name", nvml.nvmlDeviceGetName, h),
+            "gpu_driver": ask("gpu_driver", nvml.nvmlSystemGetDriverVersion),
+            "gpu_memory_bytes": int(mem.total) if mem is not None else None,
+            "gpu_clocks": clocks or None,
+            "gpu_power_limit_w": power / 1000 if power is not None else None,
         }
-    except pynvml.NVMLError as e:
-        return {"gpu_error": f"NVML query failed: {e}"}
+        if failed:
+            info["gpu_error"] = f"NVML query failed: {'; '.join(failed)}"
+        return info
     finally:
-        pynvml.nvmlShutdown()
+        try:
+            nvml.nvmlShutdown()
+        except Exception:
+            pass
 
 
 def _cupy_version() -> str | None:
@@ -242,20 +263,40 @@ def _openmp_gemm() -> dict | None:
     return {"sgemm_source": source, "sgemm_gflops": flops / best / 1e9}
 
 
-def ceilings(device: str) -> dict:
-    """Measured copy bandwidth (GB/s, read + written) and large-GEMM rate (GFLOP/s) of
-    `device` at the threads in force. `sgemm_gflops` is the best of every GEMM measured
-    (`gemms`, each the fastest of GEMM_REPEATS calls): torch's sgemm, and on the CPU the
-    C extension's GEMM when it is available; `sgemm_source` names the one that won. On the
-    2-core Zen 3 VM: about 2 s while other processes share it, 1 s when it is quiet (torch's
-    sgemm alone, the median of 5 calls, took 1.1 s and 0.6 s)."""
-    big = 1 << 26 if device == "cuda" else 1 << 24  # 256 MB / 64 MB of float32
-    src = torch.randn(big, device=device)
+# Bytes moved (read + written) by the copies that give the bandwidth ceilings: working
+# sets that fit the caches and one that does not. A flattened stage moving 2-8 MiB ran at
+# up to 2.65x the DRAM copy rate on the Zen 3 VM (its data stays in L3 between calls), so
+# one DRAM figure is no ceiling for it (the cache-aware roofline, Ilic et al. 2014).
+COPY_LEVELS = {"cpu": (1 << 20, 1 << 22, 1 << 24), "cuda": (1 << 23, 1 << 25)}
+
+
+def _copy_gbps(moved: int, device: str) -> float:
+    """GB/s (read + written) of copying moved / 2 bytes of float32, the median of 7 timed
+    samples, each enough copies to take about a millisecond."""
+    src = torch.randn(moved // 8, device=device)
     dst = torch.empty_like(src)
     for _ in range(3):
         dst.copy_(src)
-    copy_s = _median_seconds(lambda: dst.copy_(src), device)
-    del src, dst
+    per_sample = max(1, (1 << 25) // moved)
+
+    def copies():
+        for _ in range(per_sample):
+            dst.copy_(src)
+
+    return moved * per_sample / _median_seconds(copies, device) / 1e9
+
+
+def ceilings(device: str) -> dict:
+    """Measured copy bandwidth (GB/s, read + written) and large-GEMM rate (GFLOP/s) of
+    `device` at the threads in force. `copy_gbps` is a copy far larger than the caches
+    (DRAM); `copy_levels` the copies of COPY_LEVELS' sizes and that one, [{bytes, gbps}].
+    `sgemm_gflops` is the best of every GEMM measured (`gemms`, each the fastest of
+    GEMM_REPEATS calls): torch's sgemm, and on the CPU the C extension's GEMM when it is
+    available; `sgemm_source` names the one that won. On the 2-core Zen 3 VM: about 2 s
+    while other processes share it, 1 s when it is quiet (torch's sgemm alone, the median
+    of 5 calls, took 1.1 s and 0.6 s)."""
+    big = 2 * 4 * (1 << 26 if device == "cuda" else 1 << 24)  # bytes moved: 512 MB / 128 MB
+    levels = [{"bytes": moved, "gbps": _copy_gbps(moved, device)} for moved in (*COPY_LEVELS.get(device, ()), big)]
     gemms = [_torch_gemm(device)]
     if device == "cpu":
         gemms.append(_openmp_gemm())
@@ -264,11 +305,12 @@ def ceilings(device: str) -> dict:
     return {
         "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "threads": torch.get_num_threads(),
-        "copy_gbps": 2 * big * 4 / copy_s / 1e9,
+        "copy_gbps": levels[-1]["gbps"],
+        "copy_levels": levels,
         "sgemm_gflops": best["sgemm_gflops"],
         "sgemm_source": best["sgemm_source"],
         "gemms": gemms,
-        "copy_bytes": 2 * big * 4,
+        "copy_bytes": big,
     }
 
 
@@ -371,6 +413,9 @@ class CeilingLog:
             return {}
         best = max(entries, key=lambda e: e["sgemm_gflops"])
         fields = {"copy_gbps": max(e["copy_gbps"] for e in entries), "sgemm_gflops": best["sgemm_gflops"]}
+        levels = schema.best_copy_levels(e.get("copy_levels") for e in entries)
+        if levels:
+            fields["copy_levels"] = levels
         if best.get("sgemm_source"):
             fields["sgemm_source"] = best["sgemm_source"]
         return {**fields, "ceilings": list(entries)}

@@ -57,9 +57,10 @@ def make_record(case, *, status: str, reason: str | None = None, stats: dict | N
                       warmup_calls=bench.warmup_calls, runtime=bench.impl.runtime_info())
     threads = bench.threads if bench is not None else threads
     info = machine.record(case.device, threads, ceiling_log, timing.timer_overhead(case.device))
-    derived = schema.rates(fields.get("flops"), fields.get("bytes"), fields.get("time_median"),
-                           info.get("copy_gbps"), info.get("sgemm_gflops"))
-    note = roofline_note(derived, fields, info)
+    copy = schema.copy_ceiling(info.get("copy_levels"), fields.get("bytes")) or info.get("copy_gbps")
+    derived = schema.rates(fields.get("flops"), fields.get("bytes"), fields.get("time_median"), copy,
+                           info.get("sgemm_gflops"))
+    note = roofline_note(derived, fields, {**info, "copy_gbps": copy})
     derived.pop("roofline_gflops")
     rec = schema.Record(roofline_note=note, run_id=run_id(), case=case.id, status=status, reason=reason, timer=TIMER.get(case.device),
                         timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -69,15 +70,16 @@ def make_record(case, *, status: str, reason: str | None = None, stats: dict | N
 
 def roofline_note(derived: dict, fields: dict, info: dict) -> str | None:
     """Why a fraction of the roofline above 1 is not a measuring error, by the regime the
-    case is in. The ceilings are measured, not the hardware's peaks: a 64 MB copy (DRAM
-    bandwidth) and the framework's sgemm."""
+    case is in. The ceilings are measured, not the hardware's peaks: a copy of the case's
+    size (`info["copy_gbps"]`, schema.copy_ceiling) and the best large GEMM."""
     fraction = derived.get("roofline_fraction")
     if fraction is None or fraction <= 1:
         return None
     compute_bound = derived["intensity"] * info["copy_gbps"] >= info["sgemm_gflops"]
     if not compute_bound:
-        return (f"memory-bound at this intensity, and the case moves {fields['bytes'] / 2**20:.1f} MiB: what stays in "
-                "the caches between calls moves faster than the DRAM copy bandwidth the ceiling uses")
+        return (f"memory-bound at this intensity, and the case moves {fields['bytes'] / 2**20:.1f} MiB: faster than "
+                "the copy of a working set of its size the ceiling uses (a copy streams; a case may keep part of "
+                "its data in the caches)")
     if fields.get("baseline"):
         return ("the dense convolution may run by Winograd or FFT, with fewer multiplications than the direct "
                 "count charged here")

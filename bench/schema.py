@@ -160,11 +160,14 @@ MACHINE_FIELDS = {
     "cudnn_version": "cuDNN", "cupy_version": "CuPy", "compiler": "C compiler", "torch_threads": "torch threads",
     "threads": "threads of the case", "glibc_tunables": "GLIBC_TUNABLES in force",
     "malloc": "how glibc's allocator thresholds were fixed (GLIBC_TUNABLES or mallopt)", "env": "recorded environment",
-    "copy_gbps": "copy GB/s, the best measured in the run so far",
+    "copy_gbps": "copy GB/s, the best measured in the run so far, of a copy far larger than the caches (DRAM)",
+    "copy_levels": "copy GB/s by working set, the best of the run so far: [{bytes (read + written), gbps}], the "
+                   "caches' sizes and the DRAM copy; a case's bandwidth ceiling is the level of its bytes "
+                   "(copy_ceiling)",
     "sgemm_gflops": "best large-GEMM GFLOP/s so far (torch's sgemm or the C extension's GEMM)",
     "sgemm_source": "the GEMM whose rate sgemm_gflops is (torch.mm 1536^3, openmp lateral GEMM 512x512x8192, ...)",
-    "ceilings": "every ceiling measurement of the run so far: [{at, threads, copy_gbps, sgemm_gflops, sgemm_source, "
-                "gemms}]",
+    "ceilings": "every ceiling measurement of the run so far: [{at, threads, copy_gbps, copy_levels, sgemm_gflops, "
+                "sgemm_source, gemms}]",
     "fma_peak_gflops": "CPU: float32 FMA peak GFLOP/s at the case's threads, estimated from the reported clock "
                        "(not measured)",
     "fma_peak_basis": "how fma_peak_gflops was estimated: cores x GHz (where the clock was read) x FMA units x "
@@ -321,6 +324,49 @@ def decode_samples(value) -> list[float] | None:
 
 
 # ---------------------------------------------------------------------------- derived metrics
+def _levels(levels) -> list[dict]:
+    if isinstance(levels, str):
+        try:
+            levels = json.loads(levels)
+        except ValueError:
+            return []
+    if not isinstance(levels, list):
+        return []
+    return [lv for lv in levels if isinstance(lv, dict) and isinstance(lv.get("bytes"), (int, float))
+            and isinstance(lv.get("gbps"), (int, float)) and lv["gbps"] > 0]
+
+
+def best_copy_levels(measurements) -> list[dict]:
+    """The best GB/s at each working set over several copy_levels lists (or their JSON text)."""
+    best: dict[int, float] = {}
+    for levels in measurements:
+        for lv in _levels(levels):
+            best[int(lv["bytes"])] = max(best.get(int(lv["bytes"]), 0.0), float(lv["gbps"]))
+    return [{"bytes": b, "gbps": best[b]} for b in sorted(best)]
+
+
+def copy_level(levels, nbytes) -> dict | None:
+    """The copy level a case that moves `nbytes` is held to: the largest measured working
+    set not above it (a copy of as many bytes runs at most as fast: its data fits the same
+    caches or smaller ones), or the smallest one when it is below all of them; None without
+    levels or bytes."""
+    levels = sorted(_levels(levels), key=lambda lv: lv["bytes"])
+    try:
+        size = float(nbytes)
+    except (TypeError, ValueError):
+        return None
+    if not levels or not math.isfinite(size) or size <= 0:
+        return None
+    within = [lv for lv in levels if lv["bytes"] <= size]
+    return within[-1] if within else levels[0]
+
+
+def copy_ceiling(levels, nbytes) -> float | None:
+    """The bandwidth ceiling (GB/s) of a case that moves `nbytes`: its copy_level's rate."""
+    level = copy_level(levels, nbytes)
+    return None if level is None else float(level["gbps"])
+
+
 def rates(flops, nbytes, seconds, copy_gbps=None, sgemm_gflops=None) -> dict:
     """GFLOP/s, GB/s, intensity (FLOPs per byte), the roofline's GFLOP/s at that intensity
     (min of sgemm and intensity x copy bandwidth) and the fraction of it reached. Works on

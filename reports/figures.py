@@ -21,6 +21,8 @@ from matplotlib import ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from bench import schema  # noqa: E402
+
 DIRECTIONS = ["forward", "backward", "train"]
 INTERVAL_NOTE = ("bootstrap of the ratio of medians from both cases' raw times, or conservatively from "
                  "their medians' 95% intervals, or for records with neither (schema version 1) from each "
@@ -448,6 +450,7 @@ def roofline(df: pd.DataFrame, ctx: Context) -> Figure | None:
     fig, axes = plt.subplots(nrows, ncols, squeeze=False, figsize=(6.2 * ncols, 4.4 * nrows))
     markers = {"forward": "o", "backward": "s", "train": "^"}
     missing, raised, bases = [], [], []
+    has_levels, raised_copy = False, []
     for i, machine in enumerate(machines):
         ax = axes[i // ncols][i % ncols]
         sub = data[data["machine"] == machine]
@@ -456,20 +459,30 @@ def roofline(df: pd.DataFrame, ctx: Context) -> Figure | None:
                        s=28, alpha=0.85, edgecolors="white", linewidths=0.4)
         xmin, xmax = sub["intensity"].min() / 2, sub["intensity"].max() * 2
         xs = np.geomspace(xmin, xmax, 200)
-        # the ceilings of reports.load: copy, the best its run measured; compute, the best GEMM
-        # seen on the machine, or a case's rate where no GEMM ran faster
-        bw = sub["ceiling_copy_gbps"].max()
+        # the ceilings of reports.load: copy, the best its run measured (DRAM, and the copies
+        # that fit the caches); compute, the best GEMM seen on the machine, or a case's rate
+        # where no GEMM ran faster
+        bw = sub["ceiling_dram_gbps"].max()
         peak = sub["ceiling_sgemm_gflops"].max()
         if np.isfinite(bw) and np.isfinite(peak):
             ridge = peak / bw
             xs = np.geomspace(min(xmin, ridge / 4), max(xmax, ridge * 4), 200)
             ax.plot(xs, np.minimum(peak, bw * xs), color="black", linewidth=1.5)
             xm = float(np.sqrt(xs[0] * ridge))
-            ax.annotate(f"copy {bw:,.0f} GB/s", xy=(xm, bw * xm), xytext=(-6, 6),
+            ax.annotate(f"DRAM copy {bw:,.0f} GB/s", xy=(xm, bw * xm), xytext=(-6, 6),
                         textcoords="offset points", ha="right", fontsize=8)
+            for level in _cache_levels(sub, bw):
+                ax.plot(xs, np.minimum(peak, level["gbps"] * xs), color="steelblue", linestyle=":", linewidth=1.0)
+                x0 = float(xs[0]) * 1.05
+                ax.annotate(f"copy of {level['bytes'] / 2**20:g} MiB {level['gbps']:,.0f} GB/s",
+                            xy=(x0, level["gbps"] * x0), xytext=(2, 3), textcoords="offset points", ha="left",
+                            fontsize=7, color="steelblue")
+                has_levels = True
             note = sub.loc[sub["ceiling_sgemm_gflops"] == peak, "ceiling_note"].dropna()
             if not note.empty:
                 raised.append(f"{machine}: {note.iloc[0]}")
+            copy_notes = sub["ceiling_copy_note"].dropna().unique() if "ceiling_copy_note" in sub else []
+            raised_copy.extend(f"{machine}: {n}" for n in copy_notes)
             label = f"best GEMM {peak:,.0f} GFLOP/s" if note.empty else f"compute {peak:,.0f} GFLOP/s (a case's rate)"
             ax.annotate(label, xy=(xs[-1], peak), xytext=(-4, 4), textcoords="offset points", ha="right", fontsize=8)
         else:
@@ -497,7 +510,10 @@ def roofline(df: pd.DataFrame, ctx: Context) -> Figure | None:
                     for i in _impl_order(data)]
     dir_handles = [plt.Line2D([], [], color="grey", marker=markers[d], linestyle="", label=d)
                    for d in _directions(data)]
-    line_handles = [plt.Line2D([], [], color="black", linewidth=1.5, label="measured ceiling")]
+    line_handles = [plt.Line2D([], [], color="black", linewidth=1.5, label="measured ceiling (DRAM)")]
+    if has_levels:
+        line_handles.append(plt.Line2D([], [], color="steelblue", linestyle=":", linewidth=1.0,
+                                       label="copies that fit the caches"))
     if bases:
         line_handles.append(plt.Line2D([], [], color="dimgrey", linestyle="--", linewidth=1.1,
                                        label="FMA peak (estimate)"))
@@ -509,6 +525,9 @@ def roofline(df: pd.DataFrame, ctx: Context) -> Figure | None:
     if raised:
         note += (" A case ran faster than every GEMM measured on its machine, so the compute ceiling is that "
                  f"case's rate: {'; '.join(raised)}.")
+    if raised_copy:
+        note += (" A case moved its bytes faster than the copy of its working set's level, so that level's "
+                 f"bandwidth ceiling is the case's: {'; '.join(raised_copy)}.")
     if bases:
         note += (" The dashed line is the instruction set's float32 FMA peak, cores × clock × FMA units × lanes "
                  "× 2, estimated from the clock the machine reports, not measured (a VM may report its nominal "
@@ -521,10 +540,21 @@ def roofline(df: pd.DataFrame, ctx: Context) -> Figure | None:
                   f"ceiling: min(compute GFLOP/s, copy GB/s × intensity). Compute is the best large-GEMM "
                   f"rate seen on the machine at that thread count over every run shown (torch's sgemm, and "
                   f"on a CPU the C extension's own GEMM; each run measures them several times), copy the "
-                  f"best bandwidth the case's run measured. The vertical gap "
+                  f"best bandwidth of a copy far larger than the caches the case's run measured (DRAM). "
+                  f"The dotted lines are copies whose working set fits the caches: a case is held to the "
+                  f"one of its own size (the cache-aware roofline), so a small layer above the black line "
+                  f"is not above its ceiling. The vertical gap "
                   f"between a point and the line is how far that case is from the machine's limit "
                   f"(a point at one tenth of the line runs at 10% of it). Measured on {ctx.where(data)}; "
                   f"{ctx.dtype}.{note}")
+
+
+def _cache_levels(sub: pd.DataFrame, dram: float) -> list[dict]:
+    """The copy levels of a machine's runs that fit the caches (the DRAM copy drawn apart)."""
+    if "ceiling_copy_levels" not in sub:
+        return []
+    levels = schema.best_copy_levels(v for v in sub["ceiling_copy_levels"].dropna().unique())
+    return [lv for lv in levels[:-1] if lv["gbps"] > dram * 1.05]
 
 
 # -----------------------------------------------------------------------------------

@@ -409,8 +409,8 @@ def tidy(df: pd.DataFrame) -> pd.DataFrame:
     return _derived(df)
 
 
-DERIVED_COLUMNS = ["layer", "layer_flops", "is_flat", "ceiling_copy_gbps", "ceiling_sgemm_gflops",
-                   "ceiling_fma_peak_gflops", "ceiling_note", "roofline_gflops", "baseline_impl", "baseline_time",
+DERIVED_COLUMNS = ["layer", "layer_flops", "is_flat", "ceiling_copy_gbps", "ceiling_dram_gbps", "ceiling_copy_levels",
+                   "ceiling_copy_note", "ceiling_sgemm_gflops", "ceiling_fma_peak_gflops", "ceiling_note", "roofline_gflops", "baseline_impl", "baseline_time",
                    "baseline_peak_bytes", "speedup", "speedup_low", "speedup_high", "speedup_method",
                    "speedup_pi_low", "speedup_pi_high"]
 
@@ -461,9 +461,11 @@ def _derived(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _ceilings(df: pd.DataFrame) -> pd.DataFrame:
-    """The roofline's ceilings of each row. Copy bandwidth: the best its run measured (each
-    record carries the best so far, so the largest over the run's records), per device and
-    thread count. Compute: the best large-GEMM rate seen on the machine at that device and
+    """The roofline's ceilings of each row. Copy bandwidth: that of a copy of the case's
+    working set (`ceiling_copy_gbps`, bench.schema.copy_ceiling over the run's copy levels;
+    records without levels: the DRAM copy), and the DRAM copy (`ceiling_dram_gbps`), each
+    the best its run measured (each record carries the best so far, so the largest over the
+    run's records), per device and thread count. Compute: the best large-GEMM rate seen on the machine at that device and
     thread count, over every run loaded (one run's few GEMMs can all fall in a slow stretch
     of a shared machine: 78-121 GFLOP/s in one run of a 2-core Zen 3 VM), and never below
     a measured case: where a case still ran faster, its rate is the ceiling and
@@ -472,7 +474,7 @@ def _ceilings(df: pd.DataFrame) -> pd.DataFrame:
     so). Beside them `ceiling_fma_peak_gflops`, the instruction set's FMA peak the machine
     record estimates, at the same thread count."""
     threads = df["machine_threads"].fillna(-1)
-    df["ceiling_copy_gbps"] = df.groupby([df["run_id"], df["device"], threads])["machine_copy_gbps"].transform("max")
+    df = _copy_ceilings(df, [df["run_id"], df["device"], threads])
     key = pd.DataFrame({"machine": df["machine"].fillna("unknown machine"), "device": df["device"], "threads": threads})
     group = [key[c] for c in key]
     measured = df.groupby(group)["machine_sgemm_gflops"].transform("max")
@@ -487,6 +489,41 @@ def _ceilings(df: pd.DataFrame) -> pd.DataFrame:
     df["ceiling_sgemm_gflops"] = measured.where(~raised, fastest["gflops"])
     df["ceiling_note"] = [f"raised to {f['impl']} {f['direction']} {f['layer']}'s rate: no GEMM measured faster"
                           if r else None for r, f in zip(raised, fastest.to_dict("records"))]
+    return df
+
+
+def _copy_ceilings(df: pd.DataFrame, run: list[pd.Series]) -> pd.DataFrame:
+    """Each row's bandwidth ceiling: the copy of a working set of its size (schema.copy_level
+    over the best copy levels of its run; a run without levels has one, its DRAM copy), and
+    never below a case of the run held to the same level: where one moved its bytes faster,
+    its GB/s is that level's ceiling and `ceiling_copy_note` says which."""
+    dram = df.groupby(run)["machine_copy_gbps"].transform("max")
+    column = df.get("machine_copy_levels", pd.Series(None, index=df.index, dtype=object))
+    merged = column.groupby(run, dropna=False).transform(
+        lambda s: json.dumps(schema.best_copy_levels(v for v in s if isinstance(v, str))))
+    levels = [lv if schema.best_copy_levels([lv]) else (json.dumps([{"bytes": 0, "gbps": d}]) if d > 0 else "[]")
+              for lv, d in zip(merged, dram.fillna(0))]
+    chosen = [schema.copy_level(lv, b) for lv, b in zip(levels, df["bytes"])]
+    level_bytes = pd.Series([c["bytes"] if c else math.nan for c in chosen], index=df.index, dtype=float)
+    measured = pd.Series([c["gbps"] if c else math.nan for c in chosen], index=df.index, dtype=float)
+    gbps = (df["bytes"] / df["time_median"] / 1e9).to_numpy(dtype=float)
+    able = ((df["status"] == "ok").to_numpy() & (gbps > 0) & level_bytes.notna().to_numpy())
+    keys = list(zip(*(g.tolist() for g in run), level_bytes.tolist()))
+    holder: dict = {}  # the position of the fastest case of each run and level
+    for pos in sorted(np.flatnonzero(able), key=lambda p: -gbps[p]):
+        holder.setdefault(keys[pos], pos)
+    ceiling, notes = measured.to_numpy(copy=True), [None] * len(df)
+    impl, direction, layer = df["impl"].tolist(), df["direction"].tolist(), df["layer"].tolist()
+    for pos, key in enumerate(keys):
+        top = holder.get(key)
+        if top is not None and gbps[top] > ceiling[pos] * (1 + 1e-9):
+            ceiling[pos] = gbps[top]
+            notes[pos] = (f"raised to {impl[top]} {direction[top]} {layer[top]}'s {gbps[top]:,.1f} GB/s: no copy at "
+                          f"its level ({key[-1] / 2**20:g} MiB) measured faster")
+    df["ceiling_dram_gbps"] = dram
+    df["ceiling_copy_levels"] = levels
+    df["ceiling_copy_gbps"] = pd.Series(ceiling, index=df.index)
+    df["ceiling_copy_note"] = pd.Series(notes, index=df.index, dtype=object)
     return df
 
 

@@ -211,6 +211,9 @@ def fmt_value(key, value):
         return ""
     if key == "ceilings":
         return _fmt_ceilings(value)
+    if key == "copy_levels":
+        levels = schema.best_copy_levels([value])
+        return ", ".join(f"{lv['bytes'] / 2**20:g} MiB {lv['gbps']:,.1f} GB/s" for lv in levels) or str(value)
     if key.endswith("_bytes"):
         try:
             size = float(value)

@@ -223,3 +223,70 @@ def test_the_roofline_figure_shows_the_fma_peak_and_the_raise(tmp_path):
     assert "2 cores x 2.45 GHz (cpu MHz) x 2 FMA x 8 lanes x 2" in caption
     assert f"raised to openmp_fused forward paper:{SHAPE}&#x27;s rate" in caption or \
         f"raised to openmp_fused forward paper:{SHAPE}'s rate" in caption
+
+
+# ---------------------------------------------------------------------------- copies by working set
+LEVELS = [{"bytes": 1 << 20, "gbps": 120.0}, {"bytes": 1 << 22, "gbps": 80.0}, {"bytes": 1 << 24, "gbps": 50.0},
+          {"bytes": 1 << 27, "gbps": 22.0}]
+
+
+def test_a_case_is_held_to_the_copy_of_its_own_size():
+    from bench import schema
+
+    assert schema.copy_ceiling(LEVELS, 8 << 20) == 80.0  # 8 MiB: the largest copy not above it, 4 MiB
+    assert schema.copy_ceiling(LEVELS, 1 << 22) == 80.0
+    assert schema.copy_ceiling(LEVELS, 1 << 19) == 120.0  # below every level: the smallest
+    assert schema.copy_ceiling(LEVELS, 1 << 30) == 22.0  # beyond the caches: DRAM
+    assert schema.copy_ceiling(json.dumps(LEVELS), 1 << 25) == 50.0  # as the report's columns carry it
+    assert schema.copy_ceiling(None, 1 << 20) is None and schema.copy_ceiling(LEVELS, None) is None
+    assert schema.copy_ceiling([{"bytes": 4, "gbps": None}], 8) is None
+    slow = [{**lv, "gbps": lv["gbps"] / 2} for lv in LEVELS]
+    assert schema.best_copy_levels([slow, json.dumps(LEVELS), None]) == LEVELS
+
+
+def test_ceilings_measure_a_copy_per_level_and_the_dram_one(monkeypatch):
+    monkeypatch.setattr(machine, "_seconds", _fake_seconds)
+    entry = machine.ceilings("cpu")
+    sizes = [lv["bytes"] for lv in entry["copy_levels"]]
+    assert sizes == [*machine.COPY_LEVELS["cpu"], entry["copy_bytes"]] and sizes == sorted(sizes)
+    assert entry["copy_bytes"] >= 8 * sizes[-2]  # far beyond the caches
+    assert entry["copy_gbps"] == entry["copy_levels"][-1]["gbps"]
+    # each level's rate: its bytes times the copies per sample over the median sample (0.3 s)
+    first = entry["copy_levels"][0]
+    assert first["gbps"] == pytest.approx(first["bytes"] * ((1 << 25) // first["bytes"]) / 0.3 / 1e9)
+    log = machine.CeilingLog()
+    log.entries[("cpu", 2)] = [entry, {**entry, "copy_levels": [{**lv, "gbps": lv["gbps"] * 2}
+                                                                 for lv in entry["copy_levels"]]}]
+    assert [lv["gbps"] for lv in log.fields("cpu", 2)["copy_levels"]] == [2 * lv["gbps"] for lv in entry["copy_levels"]]
+
+
+def test_a_cache_resident_stage_stays_under_its_roofline(tmp_path):
+    # a vertical stage moving 16 MiB at 60 GB/s: 2.7x the DRAM copy, under the 16 MiB copy's 80 GB/s
+    flops, nbytes = LAYER.work("stage:vertical", "flat")
+    rec = _record("run1", "openmp", "stage:vertical", 60.0 * flops / nbytes, sgemm=150.0, copy=22.0)
+    rec["machine"]["copy_levels"] = [{"bytes": 1 << 22, "gbps": 100.0}, {"bytes": 1 << 24, "gbps": 80.0},
+                                     {"bytes": 1 << 27, "gbps": 22.0}]
+    old = {**rec, "machine": {k: v for k, v in rec["machine"].items() if k != "copy_levels"}, "run_id": "run2"}
+    df = _load(tmp_path, [rec, old]).set_index("run_id")
+    assert df.loc["run1", "ceiling_copy_gbps"] == 80.0 and df.loc["run1", "ceiling_dram_gbps"] == 22.0
+    assert df.loc["run1", "roofline_fraction"] == pytest.approx(0.75)
+    assert pd.isna(df.loc["run1", "ceiling_copy_note"])
+    # without levels (records before them): one level, the DRAM copy, raised to the case that beat it
+    assert df.loc["run2", "ceiling_copy_gbps"] == pytest.approx(60.0)
+    assert df.loc["run2", "roofline_fraction"] == pytest.approx(1.0)
+    assert df.loc["run2", "ceiling_copy_note"].startswith(f"raised to openmp stage:vertical paper:{SHAPE}'s 60.0 GB/s")
+
+
+def test_no_case_runs_above_its_copy_level(tmp_path):
+    flops, nbytes = LAYER.work("stage:vertical", "flat")
+    levels = [{"bytes": 1 << 22, "gbps": 100.0}, {"bytes": 1 << 24, "gbps": 50.0}, {"bytes": 1 << 27, "gbps": 22.0}]
+    recs = [_record("run1", impl, "stage:vertical", rate * flops / nbytes, sgemm=150.0) for impl, rate in
+            (("openmp", 70.0), ("torch", 40.0))]
+    for rec in recs:
+        rec["machine"]["copy_levels"] = levels
+    df = _load(tmp_path, recs).set_index("impl")
+    assert df["ceiling_copy_gbps"].tolist() == pytest.approx([70.0, 70.0])  # the 16 MiB level, raised
+    assert df.loc["openmp", "roofline_fraction"] == pytest.approx(1.0)
+    assert df.loc["torch", "roofline_fraction"] == pytest.approx(40.0 / 70.0)
+    assert set(df["ceiling_copy_note"]) == {f"raised to openmp stage:vertical paper:{SHAPE}'s 70.0 GB/s: no copy at "
+                                            "its level (16 MiB) measured faster"}
