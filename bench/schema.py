@@ -113,7 +113,8 @@ class Record:
     gflops: float | None = _field("achieved GFLOP/s (flops / time_median)")
     gbps: float | None = _field("achieved GB/s (bytes / time_median)")
     intensity: float | None = _field("flops / bytes")
-    roofline_fraction: float | None = _field("achieved FLOP/s / min(sgemm, intensity x copy bandwidth) of the machine")
+    roofline_fraction: float | None = _field("achieved FLOP/s / min(sgemm, intensity x the copy bandwidth of the "
+                                             "case's working set)")
     roofline_note: str | None = _field("why a fraction above 1 is not an error (e.g. Winograd does fewer multiplications)")
     # ---- how the machine was while the case ran
     probe_gflops: float | None = _field("CPU: GFLOP/s of a 256^3 in-cache matmul before and after the case (or its "
