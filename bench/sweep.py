@@ -103,8 +103,10 @@ def groups_of(members: list[Member]) -> dict[str, list[Member]]:
     return out
 
 
-class Interrupted(Exception):
-    """SIGINT or SIGTERM: the sweep stops, writes what it has, and says so."""
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM: the sweep stops, writes what it has, and says so. A BaseException,
+    like KeyboardInterrupt: an `except Exception` around a measurement (the ceilings' GEMM)
+    must not swallow it."""
 
 
 # ------------------------------------------------------------------------ the journal

@@ -43,6 +43,29 @@ GPU_REASON = impls.get("triton_fused").unavailable_reason("cuda")
 needs_gpu = pytest.mark.skipif(GPU_REASON is not None, reason=f"triton_fused on cuda: {GPU_REASON}")
 
 
+def _interpreter_reason() -> str | None:
+    """Triton before 3.7 interprets a loop over a runtime int by int() of a one-element
+    array, which numpy 2.4 and later refuse ("only 0-dimensional arrays can be converted to
+    Python scalars"): the GPU machine's image (triton 3.6, numpy 2.5) cannot interpret the
+    kernels; the compiled ones are not affected."""
+    if MISSING is not None:
+        return None
+    import numpy
+    import triton
+
+    def version(text):
+        return tuple(int(p) for p in re.findall(r"\d+", text)[:2])
+
+    if version(triton.__version__) < (3, 7) and version(numpy.__version__) >= (2, 4):
+        return (f"triton {triton.__version__}'s interpreter cannot run these kernels under numpy "
+                f"{numpy.__version__} (int() of a one-element array in range(); fixed in triton 3.7+)")
+    return None
+
+
+INTERPRETER_REASON = _interpreter_reason()
+needs_interpreter = pytest.mark.skipif(INTERPRETER_REASON is not None, reason=str(INTERPRETER_REASON))
+
+
 def _check_train(impl, x, params, padding, gy):
     """verify.check without the separate inference call (forward and forward_train run
     the same kernel; test_interpreted_inference_path checks forward itself): relative
@@ -178,6 +201,7 @@ def test_compiled_and_interpreted_modules_coexist():
 
 @needs_triton
 @pytest.mark.parametrize("shape,padding", CASES, ids=[f"{s}-p{p}" for s, p in CASES])
+@needs_interpreter
 def test_interpreted_matches_oracle(twin, shape, padding):
     x, params, gy = layer_inputs(shape, padding, seed=sum(shape) + padding)
     assert_close(_check_train(twin, x, params, padding, gy), torch.float32, f"{shape} padding {padding}")
@@ -185,6 +209,7 @@ def test_interpreted_matches_oracle(twin, shape, padding):
 
 @needs_triton
 @pytest.mark.parametrize("shape,padding", [((2, 3, 5, 7, 6, 3), 1), ((1, 2, 3, 6, 9, 4), 3)])
+@needs_interpreter
 def test_interpreted_inference_path(twin, shape, padding):
     x, params, gy = layer_inputs(shape, padding, seed=1)
     assert_close(verify.check(twin, x, params, padding, gy), torch.float32, f"{shape} padding {padding}")
@@ -205,6 +230,7 @@ TILE_CASES = [
 
 @needs_triton
 @pytest.mark.parametrize("shape,padding,ft,bt", TILE_CASES, ids=[f"{c[0]}-p{c[1]}" for c in TILE_CASES])
+@needs_interpreter
 def test_interpreted_tiles_match_oracle(shape, padding, ft, bt):
     from impls.triton_fused._launch import Tile
 
@@ -215,12 +241,14 @@ def test_interpreted_tiles_match_oracle(shape, padding, ft, bt):
 
 @needs_triton
 @pytest.mark.parametrize("shape,padding", [((2, 3, 4, 7, 6, 3), 1), ((1, 2, 3, 6, 9, 6), 4)])
+@needs_interpreter
 def test_interpreted_float64(twin, shape, padding):
     x, params, gy = layer_inputs(shape, padding, torch.float64, seed=3)
     assert_close(_check_train(twin, x, params, padding, gy), torch.float64, f"{shape} padding {padding}")
 
 
 @needs_triton
+@needs_interpreter
 def test_interpreted_without_inner_biases_is_the_dense_rank1_conv(twin):
     x, params, gy = layer_inputs((2, 3, 4, 7, 6, 3), 2, torch.float64, seed=11)
     params = params.without_inner_biases()
@@ -233,6 +261,7 @@ def test_interpreted_without_inner_biases_is_the_dense_rank1_conv(twin):
 
 
 @needs_triton
+@needs_interpreter
 def test_interpreted_backward_is_deterministic_and_leaves_saved_alone(twin):
     x, params, gy = layer_inputs((2, 3, 4, 6, 6, 3), 1, seed=5)
     _, saved = twin.forward_train(x, twin.prepare(params), padding=1)
@@ -247,6 +276,7 @@ def test_interpreted_backward_is_deterministic_and_leaves_saved_alone(twin):
 
 
 @needs_triton
+@needs_interpreter
 def test_interpreted_stages(twin):
     x, params, _ = layer_inputs((2, 3, 4, 7, 6, 3), 1, seed=9)
     prepared = twin.prepare(params)
@@ -267,6 +297,7 @@ def test_kernel_size_above_the_window_is_refused(twin):
 
 
 @needs_triton
+@needs_interpreter
 def test_interpreted_with_triton_interpret_set_for_the_whole_process():
     """The usual way to run Triton kernels on the CPU (TRITON_INTERPRET=1 before triton
     is imported) works too: then both kernel modules are interpreted."""
@@ -387,6 +418,7 @@ def test_gpu_matches_oracle(dtype):
 
 @needs_gpu
 @pytest.mark.gpu
+@needs_interpreter
 def test_gpu_benchmark_layer_matches_oracle_and_interpreter_tiles():
     """A benchmark-sized layer (default tile, one strip per plane) and a small one run
     compiled and interpreted with the same tiles give the same results."""
