@@ -12,40 +12,10 @@ import datetime
 import functools
 import json
 import os
-import subprocess
 from pathlib import Path
 
 from . import machine, schema, timing
-
-
-# Where the commit comes from when the tree has no .git (a copy on a GPU machine): this
-# environment variable, else this file at the repository root, written before the copy
-# (bench/gpu/fetch_wheels.sh writes it).
-COMMIT_ENV = "FLATCONV_COMMIT"
-COMMIT_FILE = ".commit"
-
-
-@functools.lru_cache(maxsize=None)
-def git_commit(root: Path | None = None) -> str | None:
-    """The commit the code was run from: `git rev-parse HEAD` where the repository root
-    has its .git, else $FLATCONV_COMMIT, else the first word of ROOT/.commit; None when
-    none says. A tree without .git never asks git (a repository above it is another's)."""
-    root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
-    if (root / ".git").exists():
-        try:
-            out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=root)
-            if out.returncode == 0 and out.stdout.strip():
-                return out.stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
-    given = os.environ.get(COMMIT_ENV, "").strip()
-    if given:
-        return given
-    try:
-        words = (root / COMMIT_FILE).read_text().split()
-    except OSError:
-        return None
-    return words[0] if words else None
+from .commit import COMMIT_ENV, COMMIT_FILE, git_commit  # noqa: F401 - the records' commit
 
 
 @functools.lru_cache(maxsize=None)

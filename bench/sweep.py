@@ -174,7 +174,10 @@ class Sweep:
         # The workers have the allocation counter that makes peak memory repeat
         # (bench/memory.py) preloaded, switched off while they time: counting costs torch
         # about 3% a call (1886 allocations a forward call), switched off one load each.
-        self.env = env if env is not None else memory.preload_env(dict(os.environ))
+        # Only where a case runs on the CPU: GPU peaks are torch's allocator's, and the
+        # CUDA driver's threads need no shim under them.
+        on_cpu = any(m.case.device == "cpu" for m in members)
+        self.env = env if env is not None else (memory.preload_env(dict(os.environ)) if on_cpu else dict(os.environ))
         self._nvml = None
         self._resume = resume
         self.interrupted = False
@@ -272,7 +275,7 @@ class Sweep:
             return
         began = time.perf_counter()
         self._templates: dict = {}  # this round's: its workers forked from a fresh one
-        pool = workers.start(needed, self.env, self._templates)
+        pool = workers.start(needed, self.env, self._templates, self.say)
         self.say(f"round {r + 1}: {len(needed)} worker process(es) started in {time.perf_counter() - began:.1f} s")
         try:
             for i, g in enumerate(todo):
@@ -289,7 +292,7 @@ class Sweep:
             if w is not None:
                 w.kill()
             w = pool[member.worker] = workers.Worker(member.worker, member.root, self.env,
-                                                     self._templates.get(member.root))
+                                                     self._templates.get(member.root), self.say)
         return w
 
     def _gpu(self):
@@ -419,11 +422,14 @@ class Sweep:
         """The machine's ceilings, measured again when they are two minutes old; each new
         measurement goes into the journal too (a resumed sweep's records keep them)."""
         seen = {k: len(v) for k, v in self.ceilings.entries.items()}
+        began = time.perf_counter()
         self.ceilings.update(device)
         workers.quiet()
         for (dev, threads), entries in self.ceilings.entries.items():
             for entry in entries[seen.get((dev, threads), 0):]:
                 self.journal.add({"kind": "ceiling", "device": dev, "threads": threads, "entry": entry})
+                self.say(f"  ceilings on {dev}: copy {entry['copy_gbps']:.0f} GB/s, {entry['sgemm_source']} "
+                         f"{entry['sgemm_gflops']:.0f} GFLOP/s, measured in {time.perf_counter() - began:.1f} s")
 
     def _visit_seconds(self) -> dict[str, float]:
         """Seconds one visit of each group took (its latest), from the journal's clock."""

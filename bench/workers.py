@@ -46,6 +46,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SETUP_SECONDS = 600
 ANSWER_SECONDS = 120
 START_SECONDS = 120
+# A wait this long is said (and again each time as long again): a set-up that compiles or
+# a request that hangs shows in the sweep's log while it happens, not only at its end (the
+# first GPU pass measured nothing for 75 s and its log could not say where the time went).
+WAIT_NOTICE = 15.0
 
 # Going quiet after a block: the process's CPU time over a short window must fall below
 # this share of one core (only its sleeping main thread is left), within QUIET_MAX.
@@ -66,8 +70,10 @@ class Worker:
     "torch" or "A:torch" names it in messages). Requests block until answered."""
 
     def __init__(self, label: str, impls_root: Path | None = None, env: dict | None = None,
-                 template: "Template | None" = None):
+                 template: "Template | None" = None, say=None):
         self.label = label
+        self.say = say  # where a long wait is said (a sweep's progress lines), or None
+        self._pending = "its start"
         parent, child = socket.socketpair()
         self._log = tempfile.NamedTemporaryFile(mode="w+b", prefix=f"worker-{label.replace(':', '-')}-",
                                                 suffix=".log", delete=False)
@@ -105,6 +111,7 @@ class Worker:
         """Send a request without waiting (`answer` collects it): several workers then set
         cases up at once, while nothing is timed."""
         self.ready()
+        self._pending = f"{op} of {args['case']}" if "case" in args else op
         try:
             self._conn.send({"op": op, **args})
         except (OSError, ValueError):
@@ -115,9 +122,17 @@ class Worker:
 
     def _answer(self, timeout: float) -> dict:
         try:
-            if not self._conn.poll(timeout):
-                self.kill()
-                raise WorkerDied(f"worker {self.label} gave no answer within {timeout:.0f} s")
+            began = time.monotonic()
+            while True:
+                waited = time.monotonic() - began
+                if waited >= timeout:
+                    self.kill()
+                    raise WorkerDied(f"worker {self.label} gave no answer within {timeout:.0f} s ({self._pending})")
+                if self._conn.poll(min(WAIT_NOTICE, timeout - waited)):
+                    break
+                if self.say is not None and time.monotonic() - began < timeout:
+                    self.say(f"  waiting for worker {self.label}: {self._pending}, "
+                             f"{time.monotonic() - began:.0f} s so far")
             return self._conn.recv()
         except (EOFError, OSError):
             raise self._died() from None
@@ -184,7 +199,7 @@ def stop_all(pool, templates: dict | None = None) -> None:
 
 
 def start(labels: dict[str, Path | None], env: dict | None = None,
-          templates: dict | None = None) -> dict[str, Worker]:
+          templates: dict | None = None, say=None) -> dict[str, Worker]:
     """Workers for `labels` ({label: impls root or None}), ready. With `templates` (a dict
     the caller keeps, and stops with stop_all), each is forked from a template process of
     its impls root, started here, that imported torch and the harness once: a worker then
@@ -194,7 +209,7 @@ def start(labels: dict[str, Path | None], env: dict | None = None,
         for root in set(labels.values()):
             if root not in templates:
                 templates[root] = Template(root, env)
-    workers = {label: Worker(label, root, env, (templates or {}).get(root)) for label, root in labels.items()}
+    workers = {label: Worker(label, root, env, (templates or {}).get(root), say) for label, root in labels.items()}
     for w in workers.values():
         try:
             w.ready()

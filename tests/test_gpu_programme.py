@@ -24,7 +24,7 @@ from bench import machine, records
 from bench.gpu import programme, pytest_order
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["facts", "tests", "sanitizer:memcheck", "sanitizer:racecheck",
+STAGES = ["facts", "phases", "tests", "sanitizer:memcheck", "sanitizer:racecheck",
           *(f"sweep:{s.name}" for s in programme.FIRST_STEPS)]
 no_gpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="the rehearsal is for a machine without a GPU "
                                  "(on a GPU its tests stage runs the GPU tests for real)")
@@ -55,6 +55,11 @@ def test_rehearsal_runs_every_stage_and_the_sweep_measures_on_the_cpu(tmp_path):
     assert all(v["seconds"] >= 0 for v in status.values())
     assert status["facts"]["word"] == "exit 0" and "registered" in status["facts"]["note"]
     assert status["tests"]["word"] == "exit 0" and re.search(r"\d+ skipped", status["tests"]["note"])
+    # each phase of a visit timed on its own, the driver's too
+    assert status["phases"]["word"] == "exit 0" and re.search(r"\d+ phases, slowest ", status["phases"]["note"])
+    phases = (out / "phases.log").read_text()
+    assert "openmp_fused train: set-up (gate, warm-up)" in phases and "ceilings on cpu" in phases
+    assert "FAILED" not in phases
     log = (out / "tests.log").read_text()
     assert "-m gpu" in log and "tests/test_cupy.py::" in log and "PASSED" not in log
     assert re.search(r"SKIPPED \[\d+\] tests/test_cupy\.py:\d+: cupy on cuda: no CUDA device", log)
@@ -69,8 +74,8 @@ def test_rehearsal_runs_every_stage_and_the_sweep_measures_on_the_cpu(tmp_path):
     assert ok and all(r["device"] == "cpu" and r["time_median"] > 0 for r in ok)
     assert {r["impl"] for r in ok} >= {"torch", "openmp_fused"}
     assert len({r["run_id"] for r in recs}) >= 2  # more than one step appended to the pass's file
-    assert sorted(p.name for p in out.iterdir()) == ["bench.log", "facts.txt", "gpu-ci.jsonl", "sanitizer.log",
-                                                     "status.txt", "tests.log"]
+    assert sorted(p.name for p in out.iterdir()) == ["bench.log", "facts.txt", "gpu-ci.jsonl", "phases.log",
+                                                     "sanitizer.log", "status.txt", "tests.log"]
     assert "== done in" in result.stdout and "sweep:goals-forward-train" in result.stdout
 
 
@@ -88,7 +93,7 @@ def test_a_deadline_far_too_short_still_ends_by_it_with_whole_lines(tmp_path):
     cut = [name for name, v in status.items() if v["timed_out"]]
     assert all("timed out" in status[name]["note"] for name in cut)
     files = {p.name for p in out.iterdir()}
-    expect = {"facts": "facts.txt", "tests": "tests.log", "sanitizer:memcheck": "sanitizer.log"}
+    expect = {"facts": "facts.txt", "phases": "phases.log", "tests": "tests.log", "sanitizer:memcheck": "sanitizer.log"}
     for name, v in status.items():
         if v["word"] != "skipped" and name in expect:
             assert expect[name] in files, name
@@ -193,13 +198,16 @@ def test_whole_lines_drops_a_partial_line(tmp_path):
 
 
 # ------------------------------------------------------------------ what the stages ask for
-def test_the_tests_stage_runs_cupy_first_and_torch_compile_last():
+def test_the_tests_stage_runs_cupy_first_then_what_compiles_nothing_then_triton_then_torch_compile():
     ids = ["tests/test_correctness.py::t[torch_compile-cuda]", "tests/test_correctness.py::t[torch-cuda]",
            "tests/test_triton.py::test_gpu_matches_oracle", "tests/test_cupy.py::test_oracle_grid[x]",
-           "tests/test_contract.py::c[torch_compile-cuda]", "tests/test_contract.py::c[cupy-cuda]"]
+           "tests/test_contract.py::c[torch_compile-cuda]", "tests/test_contract.py::c[cupy-cuda]",
+           "tests/test_correctness.py::t[triton_fused-cuda]"]
     ordered = sorted(ids, key=pytest_order.rank)
-    assert ordered[0].startswith("tests/test_cupy.py") and ordered[1].startswith("tests/test_triton.py")
-    assert all("torch_compile" in i for i in ordered[-2:]) and not any("torch_compile" in i for i in ordered[:-2])
+    assert ordered == ["tests/test_cupy.py::test_oracle_grid[x]", "tests/test_correctness.py::t[torch-cuda]",
+                       "tests/test_contract.py::c[cupy-cuda]", "tests/test_triton.py::test_gpu_matches_oracle",
+                       "tests/test_correctness.py::t[triton_fused-cuda]",
+                       "tests/test_correctness.py::t[torch_compile-cuda]", "tests/test_contract.py::c[torch_compile-cuda]"]
 
 
 def test_the_sanitizer_is_limited_to_the_projects_kernels():
@@ -278,6 +286,20 @@ def test_the_commit_of_a_tree_without_git_comes_from_the_environment_or_a_file(t
         records.git_commit.cache_clear()
         assert records.git_commit(copy) == "feedbeef"  # the variable before the file
         if (REPO / ".git").exists():
-            assert re.fullmatch(r"[0-9a-f]{40}", records.git_commit(REPO))  # git first, where there is one
+            assert records.git_commit(REPO) == "feedbeef"  # and before git: a copy's .git may be stale
+            monkeypatch.delenv(records.COMMIT_ENV)
+            records.git_commit.cache_clear()
+            assert re.fullmatch(r"[0-9a-f]{40}", records.git_commit(REPO))  # then git, where there is one
     finally:
         records.git_commit.cache_clear()
+
+
+def test_a_gpu_pass_records_the_commit_written_before_the_copy_not_the_copys_git(tmp_path, monkeypatch):
+    monkeypatch.delenv(records.COMMIT_ENV, raising=False)
+    (tmp_path / records.COMMIT_FILE).write_text("c0ffee00\n")
+    gpu = programme.Pass(tmp_path / "out", full=False, rehearse=False, deadline=60, name="t", python=sys.executable,
+                         root=tmp_path)
+    assert gpu.env[records.COMMIT_ENV] == "c0ffee00"
+    rehearsal = programme.Pass(tmp_path / "out2", full=False, rehearse=True, deadline=60, name="t",
+                               python=sys.executable, root=tmp_path)
+    assert records.COMMIT_ENV not in rehearsal.env  # here git says it (a .commit left behind may be stale)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -42,9 +43,16 @@ def _nvidia_smi() -> str:
 
 def main(argv: list[str]) -> int:
     print("pass", argv[0] if argv else "?")
-    from bench import records
+    from bench import commit
 
-    print("commit", records.git_commit() or f"unknown (no .git, no ${records.COMMIT_ENV}, no {records.COMMIT_FILE})")
+    said = commit.git_commit()
+    print("commit", said or f"unknown (no .git, no ${commit.COMMIT_ENV}, no {commit.COMMIT_FILE})")
+    if os.environ.get(commit.COMMIT_ENV):
+        os.environ.pop(commit.COMMIT_ENV)
+        commit.git_commit.cache_clear()
+        head = commit.git_commit()
+        if head and head != said:  # the copy's own .git, stale: the records carry the commit above
+            print("copy_git_head", head, "(not the commit measured: the records carry the one above)")
     print("python", platform.python_version(), sys.executable)
     print("platform", platform.platform())
     print("packages", json.dumps({d: v for d in PACKAGES if (v := _version(d)) is not None}, sort_keys=True))

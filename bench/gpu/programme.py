@@ -14,6 +14,9 @@ was cut, and what it did.
 
   facts               facts.txt: the pass, the commit, versions, the device, NVML fields,
                       each CUDA implementation's availability (bench/gpu/facts.py)
+  phases              phases.log: one goals layer taken through each phase of a worker's
+                      visit and the driver's, in one process, each phase's seconds said as
+                      it ends (bench/gpu/phases.py)
   tests               tests.log: the tests marked `gpu` (CuPy first, Triton, then the
                       shared correctness and contract tests, torch_compile's cold compiles
                       last: pytest_order.py), verbose, pytest-timeout per test where installed
@@ -47,6 +50,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Callable
+
+from bench import commit
 
 ROOT = Path(__file__).resolve().parents[2]
 GRACE = 10.0  # seconds from SIGINT to SIGKILL, kept back from every share
@@ -88,13 +93,16 @@ FULL = ("--rounds", "5", "--passes", "5")
 # rewritten after each), small enough that five steps fit a 2-core machine's minutes.
 REHEARSE_FLAGS = ("--rounds", "2", "--passes", "2", "--block", "0.005", "--rel-pi", "off")
 GPU_IMPLS = "torch,cudnn,dense,im2col,cupy,cupy_fused,triton_fused"
+# The implementations that compile nothing at set-up: the first step, the goals' own
+# comparison (cupy_fused and cupy against torch), lands before any compiler can hold it up.
+PLAIN_GPU_IMPLS = "torch,cudnn,dense,im2col,cupy,cupy_fused"
 
 FIRST_STEPS = (
-    # The goal layers, every fast-to-start GPU implementation interleaved, forward and train.
-    Step("goals-forward-train", 0.4, 75, "goals", "forward,train", GPU_IMPLS, "torch,dense,openmp_fused", QUICK),
-    # torch_compile interleaved with the others it is compared with (its cold compiles
-    # would hold up the first step's every group).
-    Step("goals-compile-forward", 0.4, 60, "goals", "forward", "torch,cudnn,cupy_fused,triton_fused,torch_compile",
+    # The goal layers, every implementation that compiles nothing, forward and train.
+    Step("goals-forward-train", 0.4, 75, "goals", "forward,train", PLAIN_GPU_IMPLS, "torch,dense,openmp_fused", QUICK),
+    # The compilers (Triton's kernels per shape, torch_compile's graphs) interleaved with
+    # what they are compared with; their cold compiles would hold up the first step's groups.
+    Step("goals-compilers-forward", 0.4, 60, "goals", "forward", "torch,cupy_fused,triton_fused,torch_compile",
          "torch,im2col,openmp_fused", QUICK),
     Step("goals-stages", 0.4, 40, "goals", "stages", "torch,cupy,cupy_fused,triton_fused", "torch,openmp_fused",
          QUICK),
@@ -196,7 +204,8 @@ class Stage:
 
 
 class Pass:
-    def __init__(self, out: Path, *, full: bool, rehearse: bool, deadline: float, name: str, python: str):
+    def __init__(self, out: Path, *, full: bool, rehearse: bool, deadline: float, name: str, python: str,
+                 root: Path = ROOT):
         self.out, self.full, self.rehearse, self.name, self.python = out, full, rehearse, name, python
         self.start = time.monotonic()
         self.deadline = self.start + deadline
@@ -213,6 +222,11 @@ class Pass:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "GLIBC_TUNABLES": GLIBC, "PASS": name,
                     "PYTHONPATH": os.pathsep.join(extra + [p for p in [os.environ.get("PYTHONPATH")] if p])}
         if not rehearse:
+            # The commit written before the copy (fetch_wheels.sh): the copy's own .git
+            # stood at an older commit in the first H200 pass.
+            written = commit.commit_file(root)
+            if written and not self.env.get(commit.COMMIT_ENV):
+                self.env[commit.COMMIT_ENV] = written
             # Carried cffi would have test collection and the facts build the OpenMP
             # extension with gcc; no GPU stage needs it.
             self.env["FLATCONV_OPENMP_NO_BUILD"] = "1"
@@ -359,6 +373,23 @@ class Pass:
                                      "implementations not listed: the sweep asks for its lists as they are") if x)
         return Outcome(f"exit {code}", timed_out=cut, note=note, failed=code != 0 and not cut)
 
+    def phases(self, limit: float) -> Outcome:
+        log = self.out / "phases.log"
+        log.write_text("")
+        code, cut = self.run_limited([self.python, "-m", "bench.gpu.phases", "--device", self.device], log, limit)
+        done = re.findall(r"^   (.+?)\s+(\d+\.\d+) s(?:  (.*))?$", log.read_text(), re.M)
+        started = re.findall(r"^-> (.*)$", log.read_text(), re.M)
+        failed = [name for name, _, note in done if note.startswith("FAILED")]
+        note = f"{len(done)} phases"
+        if done:
+            slowest = max(done, key=lambda d: float(d[1]))
+            note += f", slowest {slowest[0]} {float(slowest[1]):.1f} s"
+        if failed:
+            note += f", failed: {', '.join(failed)}"
+        if cut and started and len(started) > len(done):
+            note += f"; cut in: {started[-1]}"
+        return Outcome(f"exit {code}", timed_out=cut, note=note, failed=code != 0 and not cut)
+
     def tests(self, limit: float) -> Outcome:
         log = self.out / "tests.log"
         log.write_text("")
@@ -459,6 +490,7 @@ class Pass:
             out.append(Stage("wheels", 0.1, 40, 5, Pass.wheels))
         out.append(Stage("facts", 0.15, 45, 10, Pass.facts))
         if not self.full:
+            out.append(Stage("phases", 0.12, 40, 10, Pass.phases))
             out.append(Stage("tests", 0.35, 120, 15, Pass.tests))
             out.append(Stage("sanitizer:memcheck", 0.25, 45, 10, lambda p, limit: p.sanitizer("memcheck", limit)))
             out.append(Stage("sanitizer:racecheck", 0.25, 40, 10, lambda p, limit: p.sanitizer("racecheck", limit)))
