@@ -176,6 +176,22 @@ def test_a_worker_is_quiet_when_its_block_ends():
         w.stop()
 
 
+def test_a_long_wait_on_a_worker_is_said_while_it_lasts(monkeypatch):
+    monkeypatch.setattr(workers, "WAIT_NOTICE", 0.2)
+    said = []
+    w = workers.Worker("torch", say=said.append)
+    case = "torch/cpu/smoke:c4-n6-s9-k3/float32/forward"
+    try:
+        # a warm-up that runs its whole second (a negative tolerance: never steady)
+        answer = w.request("setup", timeout=workers.SETUP_SECONDS, case=case, threads=1, gate=False,
+                           warmup={"tolerance": -1.0, "max_calls": 10**9, "max_seconds": 1.0})
+        assert answer["status"] == "ok" and answer["op_s"] >= 0.9
+        waits = [line for line in said if line.startswith(f"  waiting for worker torch: setup of {case}, ")]
+        assert len(waits) >= 3, said  # one notice each 0.2 s of the 1 s
+    finally:
+        w.stop()
+
+
 def test_a_worker_that_dies_says_how(monkeypatch):
     w = workers.Worker("segfaults", env={**os.environ, **BROKEN})
     try:
