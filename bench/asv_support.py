@@ -4,7 +4,8 @@ asv records as skipped; a failed one raises, which asv records as failed).
 
 The grid is chosen so that `asv continuous main~1 main` fits a CI job on a 2-core machine
 (README.md gives the measured time): by default the `ci` table (two layers of the paper
-table), the implementations a regression matters most for, forward, backward and train,
+table), the implementations a regression matters most for (CI_IMPLS: a rule on the
+registry's declarations), forward, backward and train,
 two processes per benchmark with their rounds interleaved between the two commits, few
 samples each. BENCH_ASV_PRESET (comma-separated tables, e.g. `paper`) and BENCH_ASV_IMPLS
 (`all`, or comma-separated names) open the full grid; a preset other than `ci` brings the
@@ -15,11 +16,29 @@ from __future__ import annotations
 
 import os
 
+import impls
+
 from . import cases, driver, memory, tables, timing
 
 PRESET = [t for t in os.environ.get("BENCH_ASV_PRESET", "ci").split(",") if t]
 CI_ONLY = PRESET == ["ci"]
-CI_IMPLS = ("dense", "torch", "openmp", "openmp_fused")
+# The CI grid's implementations, from the registry: the CPU ones of these roles that need
+# no optional extra (CI installs none) and compile nothing at set-up (a cold compile in
+# each of asv's processes would take the job's minutes): today dense, openmp,
+# openmp_fused and torch.
+CI_ROLES = ("baseline", "peer", "handwritten")
+
+
+def ci_impls() -> tuple[str, ...]:
+    out = []
+    for name in impls.names():
+        impl = impls.get(name)
+        if "cpu" in impl.devices and impl.role in CI_ROLES and not impl.extras and not impl.compiles:
+            out.append(name)
+    return tuple(out)
+
+
+CI_IMPLS = ci_impls()
 # asv's own sampling, per benchmark: processes (rounds, interleaved across commits by
 # `asv continuous`), then repeats per process up to a time budget; our set-up has already
 # warmed the case up to steady state.

@@ -37,6 +37,7 @@ class TorchComposed(Implementation):
     devices = ("cpu", "cuda")
     dtypes = {"cpu": (torch.float32, torch.float64), "cuda": _CUDA_FLOATS}
     description = "three F.conv2d calls with PyTorch's own dispatch; backward by aten.convolution_backward"
+    summary = "three `F.conv2d` calls, PyTorch's own dispatch (oneDNN on CPU)"
 
     def _prepare(self, params):
         return _stage_weights(params)
@@ -102,6 +103,7 @@ class Cudnn(Implementation):
     devices = ("cuda",)
     dtypes = {"cuda": _CUDA_FLOATS}
     description = "three convolutions forced through cuDNN (torch.cudnn_convolution), backward through cuDNN too"
+    summary = "every convolution forced through cuDNN, backward too"
 
     def __init__(self, conv=_cudnn_conv, conv_transpose=_cudnn_conv_transpose):
         self._conv = conv

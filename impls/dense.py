@@ -24,6 +24,7 @@ class Dense(Implementation):
     devices = ("cpu", "cuda")
     dtypes = {"cpu": (torch.float32, torch.float64), "cuda": _CUDA_FLOATS}
     description = "the dense k x k convolution with the composed rank-1 filter (the baseline)"
+    summary = "the dense k x k convolution with the composed rank-1 filter"
 
     def gate(self, params, padding):
         if padding == 0:

@@ -44,6 +44,7 @@ class Im2col(Implementation):
     devices = ("cpu", "cuda")
     dtypes = {"cpu": _ALL_FLOATS, "cuda": _ALL_FLOATS}
     description = "unfold (im2col) + GEMM per stage; backward as GEMMs + fold (col2im)"
+    summary = "unfold + GEMM per stage, backward as GEMMs + fold"
 
     def _forward_train(self, x, prepared, padding):
         prm = prepared.params

@@ -22,6 +22,7 @@ class Naive(Implementation):
     devices = ("cpu",)
     dtypes = {"cpu": (torch.float32, torch.float64)}
     description = "direct convolution by the definition, loops over channels and taps"
+    summary = "the definition, loops over channels and taps (the readable one)"
 
     def _forward_train(self, x, prepared, padding):
         prm = prepared.params

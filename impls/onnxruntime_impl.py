@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import operator
 import time
 import warnings
 from typing import Any
@@ -37,7 +36,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .base import Implementation
+from .base import Implementation, reason_once_per_device, thread_count
 
 OPSET = 17
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -135,23 +134,20 @@ class OnnxRuntime(Implementation):
     directions = ("forward",)
     description = ("the three convolutions exported to ONNX (static shapes, weights as initializers) and run by "
                    "ONNX Runtime, IO-bound to torch's memory; inference only")
+    summary = ("the three convolutions exported to ONNX and run by ONNX Runtime; inference only (CUDA with "
+               "onnxruntime-gpu)")
+    extras = ("peers",)
+    compiles = "graphs"
 
     def __init__(self):
         self._threads: int | None = None
         self._compilations = 0
         self._seconds = 0.0
-        self._reasons: dict[str, str | None] = {}
         self._recent: list[tuple[Any, dict]] = []
 
     # ---- availability and runtime ----------------------------------------------------
+    @reason_once_per_device
     def _dependency_reason(self, device_type):
-        # Called on every checked call: computed once per device type.
-        if device_type not in self._reasons:
-            self._reasons[device_type] = self._find_reason(device_type)
-        return self._reasons[device_type]
-
-    @staticmethod
-    def _find_reason(device_type):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -208,14 +204,7 @@ class OnnxRuntime(Implementation):
         }
 
     def set_num_threads(self, threads):
-        if isinstance(threads, bool):
-            raise TypeError("threads: expected an int, got bool")
-        try:
-            threads = operator.index(threads)
-        except TypeError:
-            raise TypeError(f"threads: expected an int, got {type(threads).__name__}") from None
-        if threads < 1:
-            raise ValueError(f"threads: expected >= 1, got {threads}")
+        threads = thread_count(threads)
         self._threads = threads
 
     def compile_stats(self):

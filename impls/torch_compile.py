@@ -47,7 +47,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .base import Implementation
+from .base import Implementation, reason_once_per_device
 from .composed import _CUDA_FLOATS
 from .params import FlatGrads
 
@@ -132,6 +132,9 @@ class TorchCompile(Implementation):
     dtypes = {"cpu": (torch.float32, torch.float64), "cuda": _CUDA_FLOATS}
     description = ("torch.compile (inductor, default mode, static shapes) of the three F.conv2d calls; "
                    "backward through the compiled AOTAutograd backward graph")
+    summary = ("`torch.compile` (inductor, default mode, static shapes) of the three `F.conv2d` calls; backward "
+               "through the compiled backward graph")
+    compiles = "graphs"
 
     def __init__(self, *, mode: str | None = None, options: dict[str, Any] | None = None):
         # mode and options go to torch.compile as they are (None: the defaults, what the
@@ -141,17 +144,10 @@ class TorchCompile(Implementation):
         self._compiled: dict[tuple, Any] = {}
         self._backward_seen: set[tuple] = set()
         self._counter = _CompileCounter()
-        self._reasons: dict[str, str | None] = {}
 
     # ---- availability and runtime ----------------------------------------------------
+    @reason_once_per_device
     def _dependency_reason(self, device_type):
-        # Called on every checked call: computed once per device type.
-        if device_type not in self._reasons:
-            self._reasons[device_type] = self._find_reason(device_type)
-        return self._reasons[device_type]
-
-    @staticmethod
-    def _find_reason(device_type):
         if device_type == "cpu":
             if _cpp_compiler() is None:
                 return f"torch.compile on the CPU needs a C++ compiler ({os.environ.get('CXX', 'g++')} not found; set CXX)"

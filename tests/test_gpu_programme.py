@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import impls
 from bench import machine, records
 from bench.gpu import programme, pytest_order
 
@@ -198,6 +200,47 @@ def test_whole_lines_drops_a_partial_line(tmp_path):
 
 
 # ------------------------------------------------------------------ what the stages ask for
+def test_the_steps_lists_come_from_the_registrys_declarations(tmp_path):
+    """The facts' implementation lines (here asked for as a sweep does when the facts
+    stage printed none) and each step's rule give today's lists; a rehearsal the CPU
+    stand-ins of the same rules."""
+    p = _pass(tmp_path)
+    p.out.mkdir(parents=True)
+    try:
+        table = p.implementation_lines(120)
+    finally:
+        shutil.rmtree(p.steps_dir, ignore_errors=True)
+    assert table and {i["name"] for i in table} == set(impls.names())
+    gpu = {name: programme.select(name, table, "cuda") for name in programme.SELECTIONS}
+    assert gpu["plain"] == ["torch", "cudnn", "cupy", "cupy_fused", "dense", "im2col"]
+    assert gpu["compilers"] == ["torch", "cupy_fused", "onnxruntime", "torch_compile", "triton_fused"]
+    assert gpu["stages"] == ["torch", "cupy", "cupy_fused", "triton_fused"]
+    assert gpu["no-graphs"] == gpu["plain"] + ["triton_fused"]
+    cuda = [n for n in impls.names() if "cuda" in impls.get(n).devices]
+    assert set(gpu["plain"]) == {n for n in cuda if not impls.get(n).compiles}  # every one that compiles nothing
+    assert set(gpu["all"]) == set(cuda)
+    steps = {s.name: s.select for s in programme.FIRST_STEPS}
+    assert steps["goals-forward-train"] == "plain" and list(steps)[0] == "goals-forward-train"
+    rehearsal = {s.name: programme.select(s.select, table, "cpu", rehearse=True)
+                 for s in programme.FIRST_STEPS + programme.FULL_STEPS}
+    assert rehearsal["goals-forward-train"] == ["torch", "dense", "openmp_fused"]
+    assert rehearsal["goals-compilers-forward"] == rehearsal["goals-stages"] == ["torch", "openmp_fused"]
+    assert all(names and names[0] == "torch" for names in rehearsal.values())
+    assert "impl {" in (p.bench_log).read_text()
+
+
+def test_a_sweep_without_implementation_lines_is_skipped_and_says_why(tmp_path):
+    p = _pass(tmp_path)
+    p.out.mkdir(parents=True)
+    p.python = "false"  # neither the facts stage nor its --impls call print a line
+    try:
+        outcome = p.sweep(programme.FIRST_STEPS[0], 10)
+    finally:
+        shutil.rmtree(p.steps_dir, ignore_errors=True)
+    assert outcome.word == "skipped" and "no implementation lines" in outcome.note and not outcome.failed
+    assert programme.read_implementations("impl {broken\nregistered a,b") is None
+
+
 def test_the_tests_stage_runs_cupy_first_then_what_compiles_nothing_then_triton_then_torch_compile():
     ids = ["tests/test_correctness.py::t[torch_compile-cuda]", "tests/test_correctness.py::t[torch-cuda]",
            "tests/test_triton.py::test_gpu_matches_oracle", "tests/test_cupy.py::test_oracle_grid[x]",

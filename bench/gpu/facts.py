@@ -1,10 +1,12 @@
 """The facts stage of the GPU programme (bench/gpu/programme.py): what ran where, printed
 as lines of `key value`: the pass, the commit, Python and the packages that matter, the
 device as torch and NVML see it (each NVML field on its own: bench.machine._gpu_info),
-each CUDA implementation's availability, and last a `registered` line that the
-programme reads the implementation names from (one import of impls for the whole pass).
+each CUDA implementation's availability, and last an `impl {json}` line per
+implementation (its declarations: impls.registry.describe) and a `registered` line, which
+the programme builds its steps' lists from (one import of impls for the whole pass).
 
     python -m bench.gpu.facts [PASS]
+    python -m bench.gpu.facts --impls      the implementation lines alone
 
 Nothing runs at import (asv imports modules under bench/).
 """
@@ -42,6 +44,9 @@ def _nvidia_smi() -> str:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--impls"]:  # the implementation lines alone (the programme's fallback)
+        print_implementations()
+        return 0
     print("pass", argv[0] if argv else "?")
     from bench import commit
 
@@ -78,8 +83,21 @@ def main(argv: list[str]) -> int:
         impl = impls.get(name)
         if "cuda" in impl.devices:
             print(f"cuda {name:14} {impl.unavailable_reason('cuda') or 'available'}")
-    print("registered", ",".join(impls.names()))
+    print_implementations()
     return 0
+
+
+def print_implementations() -> None:
+    """An `impl {json}` line per registered implementation (impls.registry.describe: its
+    devices, role, directions, what it compiles at set-up, fused, per-stage timings,
+    extras), which the programme builds its steps' lists from, then `registered`."""
+    import impls
+    from impls import registry
+
+    for name in impls.names():
+        print("impl", json.dumps(registry.describe(impls.get(name)), sort_keys=True))
+    print("registered", ",".join(impls.names()))
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ it ends, and a line of OUT/status.txt: its name, exit status, seconds, `timed ou
 was cut, and what it did.
 
   facts               facts.txt: the pass, the commit, versions, the device, NVML fields,
-                      each CUDA implementation's availability (bench/gpu/facts.py)
+                      each CUDA implementation's availability, and each implementation's
+                      declarations, which the sweep steps' lists are built from
+                      (bench/gpu/facts.py; SELECTIONS below)
   phases              phases.log: one goals layer taken through each phase of a worker's
                       visit and the driver's, in one process, each phase's seconds said as
                       it ends (bench/gpu/phases.py)
@@ -26,7 +28,8 @@ was cut, and what it did.
                       (whole lines only) to the pass's file as it ends; output in bench.log
 
 --rehearse runs the same stages, shares, limits and files without a GPU: the sweep on the
-CPU device with CPU implementations on the smoke table (fewer rounds), the tests collected
+CPU device on the smoke table (fewer rounds), each step with the CPU stand-ins of its
+selection (stand_in below), the tests collected
 exactly as on the GPU (they show as skipped with their reasons), the sanitizer recorded as
 absent when its tool is (and its script run alone, unchecked, to prove it starts).
 
@@ -73,16 +76,16 @@ KERNELS_FALLBACK = ("dw_v_fwd", "dw_h_fwd", "dw_vh_fwd", "dw_h_bwd", "dw_v_bwd",
 # ------------------------------------------------------------------------------ the steps
 @dataclasses.dataclass(frozen=True)
 class Step:
-    """One short sweep: a table and directions, the implementations on the GPU (None:
-    every registered one) and their CPU stand-ins in a rehearsal, the sweep's flags."""
+    """One short sweep: a table and directions, which implementations (a key of
+    SELECTIONS: a rule on the registry's declarations, applied to the pass's device), the
+    sweep's flags."""
 
     name: str
     share: float
     cap: float
     preset: str
     direction: str
-    impls: str | None
-    rehearse_impls: str
+    select: str
     flags: tuple[str, ...]
 
 
@@ -92,29 +95,77 @@ FULL = ("--rounds", "5", "--passes", "5")
 # A rehearsal measures the smoke table with these: still two rounds (the results file is
 # rewritten after each), small enough that five steps fit a 2-core machine's minutes.
 REHEARSE_FLAGS = ("--rounds", "2", "--passes", "2", "--block", "0.005", "--rel-pi", "off")
-GPU_IMPLS = "torch,cudnn,dense,im2col,cupy,cupy_fused,triton_fused"
-# The implementations that compile nothing at set-up: the first step, the goals' own
-# comparison (cupy_fused and cupy against torch), lands before any compiler can hold it up.
-PLAIN_GPU_IMPLS = "torch,cudnn,dense,im2col,cupy,cupy_fused"
 
-FIRST_STEPS = (
-    # The goal layers, every implementation that compiles nothing, forward and train.
-    Step("goals-forward-train", 0.4, 75, "goals", "forward,train", PLAIN_GPU_IMPLS, "torch,dense,openmp_fused", QUICK),
+# The steps' implementations come from the registry, as the facts stage prints it (an
+# `impl {json}` line per implementation: bench/gpu/facts.py, impls.registry.describe):
+# each step names a rule on the declarations (role, devices, compiles, fused, stages),
+# applied to the implementations of the pass's device; a new implementation joins the
+# steps its declarations put it in. On the GPU today:
+#   plain      torch, cudnn, cupy, cupy_fused, dense, im2col
+#   compilers  torch, cupy_fused, onnxruntime, torch_compile, triton_fused
+#   stages     torch, cupy, cupy_fused, triton_fused
+#   no-graphs  torch, cudnn, cupy, cupy_fused, dense, im2col, triton_fused
+BASELINE = "torch"  # the sweep's --baseline: the peer every ratio of a sweep divides
+
+
+def _fused_handwritten(i: dict) -> bool:
+    return i["role"] == "handwritten" and bool(i["fused"])
+
+
+SELECTIONS: dict[str, tuple[str, Callable[[dict], bool]]] = {
+    # The first step, the goals' own comparison (cupy_fused and cupy against torch), lands
+    # before any compiler can hold it up.
+    "plain": ("every implementation that compiles nothing at set-up", lambda i: not i["compiles"]),
     # The compilers (Triton's kernels per shape, torch_compile's graphs) interleaved with
     # what they are compared with; their cold compiles would hold up the first step's groups.
-    Step("goals-compilers-forward", 0.4, 60, "goals", "forward", "torch,cupy_fused,triton_fused,torch_compile",
-         "torch,im2col,openmp_fused", QUICK),
-    Step("goals-stages", 0.4, 40, "goals", "stages", "torch,cupy,cupy_fused,triton_fused", "torch,openmp_fused",
-         QUICK),
-    Step("paper-forward-train", 0.6, 60, "paper", "forward,train", GPU_IMPLS, "torch,openmp_fused", PAPER),
-    Step("paper-backward-stages", 1.0, 60, "paper", "backward,stages", GPU_IMPLS, "torch,openmp_fused", PAPER),
+    "compilers": ("the compilers, with the baseline and the fused handwritten kernels",
+                  lambda i: bool(i["compiles"]) or i["name"] == BASELINE or _fused_handwritten(i)),
+    "stages": ("every implementation with per-stage timings", lambda i: bool(i["stages"])),
+    # A graph compiler's cold compile per shape and direction would take the paper steps' minute.
+    "no-graphs": ("every implementation but the graph compilers", lambda i: i["compiles"] != "graphs"),
+    "all": ("every implementation", lambda i: True),
+}
+
+
+def stand_in(i: dict) -> bool:
+    """A rehearsal's CPU stand-ins, of a step's selection on the CPU: the baseline of the
+    sweep's ratios, the dense baseline and the fused handwritten kernels (the ones a
+    2-core machine measures on the smoke table in the rehearsal's minutes)."""
+    return i["name"] == BASELINE or i["role"] == "baseline" or _fused_handwritten(i)
+
+
+def select(selection: str, table: list[dict], device: str, rehearse: bool = False) -> list[str]:
+    """The names `selection` picks from `table` (the facts' implementation lines) on
+    `device`, the stand-ins only in a rehearsal; the baseline first, then by name."""
+    keep = SELECTIONS[selection][1]
+    names = {i["name"] for i in table if device in i["devices"] and keep(i) and (not rehearse or stand_in(i))}
+    return sorted(names, key=lambda n: (n != BASELINE, n))
+
+
+def read_implementations(text: str) -> list[dict] | None:
+    """The `impl {json}` lines of the facts' output, as dicts; None when there are none."""
+    rows = []
+    for m in re.finditer(r"^impl (\{.*\})$", text, re.M):
+        try:
+            rows.append(json.loads(m[1]))
+        except ValueError:
+            continue
+    return rows or None
+
+
+FIRST_STEPS = (
+    Step("goals-forward-train", 0.4, 75, "goals", "forward,train", "plain", QUICK),
+    Step("goals-compilers-forward", 0.4, 60, "goals", "forward", "compilers", QUICK),
+    Step("goals-stages", 0.4, 40, "goals", "stages", "stages", QUICK),
+    Step("paper-forward-train", 0.6, 60, "paper", "forward,train", "no-graphs", PAPER),
+    Step("paper-backward-stages", 1.0, 60, "paper", "backward,stages", "no-graphs", PAPER),
 )
 FULL_STEPS = (
-    Step("goals-forward-train", 0.3, 540, "goals", "forward,train", None, "torch,dense,openmp_fused", FULL),
-    Step("goals-backward-stages", 0.3, 540, "goals", "backward,stages", None, "torch,openmp_fused", FULL),
-    Step("paper-forward-train", 0.4, 540, "paper", "forward,train", None, "torch,dense,openmp_fused", FULL),
-    Step("paper-backward-stages", 0.5, 540, "paper", "backward,stages", None, "torch,openmp_fused", FULL),
-    Step("sweep-all", 1.0, 540, "sweep", "forward,backward,train,stages", None, "torch,openmp_fused", FULL),
+    Step("goals-forward-train", 0.3, 540, "goals", "forward,train", "all", FULL),
+    Step("goals-backward-stages", 0.3, 540, "goals", "backward,stages", "all", FULL),
+    Step("paper-forward-train", 0.4, 540, "paper", "forward,train", "all", FULL),
+    Step("paper-backward-stages", 0.5, 540, "paper", "backward,stages", "all", FULL),
+    Step("sweep-all", 1.0, 540, "sweep", "forward,backward,train,stages", "all", FULL),
 )
 
 
@@ -216,6 +267,8 @@ class Pass:
         self.steps_dir = Path(tempfile.mkdtemp(prefix="gpu-steps-"))
         self.device = "cpu" if rehearse else "cuda"
         self.registered: list[str] | None = None
+        self.implementations: list[dict] | None = None  # the facts' `impl` lines
+        self.asked_implementations = False
         self.stopping: str | None = None
         self.failed = False
         extra = [str(ROOT)]
@@ -366,6 +419,7 @@ class Pass:
         m = re.search(r"^registered (\S*)$", text, re.M)
         if m:
             self.registered = [n for n in m[1].split(",") if n]
+        self.implementations = read_implementations(text)
         torch_line = re.search(r"^torch .*$", text, re.M)
         commit = re.search(r"^commit (.*)$", text, re.M)
         note = "; ".join(x for x in (torch_line and torch_line[0], commit and f"commit {commit[1][:12]}",
@@ -452,18 +506,35 @@ class Pass:
         # 0 clean, 3 the tool found errors, 1 a mismatch (results); 2 the script had no CuPy
         return Outcome(f"exit {code}", timed_out=cut, note=note, failed=code not in (0, 1, 2, 3) and not cut)
 
+    def implementation_lines(self, limit: float) -> list[dict] | None:
+        """The facts' implementation lines; when the facts stage printed none (cut, or
+        failed), `python -m bench.gpu.facts --impls` once, within `limit`."""
+        if self.implementations is None and not self.asked_implementations:
+            self.asked_implementations = True
+            log = self.steps_dir / "implementations.txt"
+            self.run_limited([self.python, "-m", "bench.gpu.facts", "--impls"], log, limit)
+            self.implementations = read_implementations(log.read_text())
+            with open(self.bench_log, "a") as f:
+                f.write(log.read_text())
+        return self.implementations
+
     def sweep(self, step: Step, limit: float) -> Outcome:
-        wanted = step.rehearse_impls if self.rehearse else step.impls
+        until = time.monotonic() + limit
         impl_args: list[str] = []
-        if wanted is not None:
-            names = [n for n in wanted.split(",") if self.registered is None or n in self.registered]
+        if self.rehearse or step.select != "all":  # "all" on the GPU: the sweep's own default, every one
+            table = self.implementation_lines(min(30.0, limit / 2))
+            if table is None:
+                return Outcome("skipped", note="no implementation lines (neither the facts stage nor "
+                                               "`python -m bench.gpu.facts --impls` printed them)")
+            names = select(step.select, table, self.device, self.rehearse)
             if not names:
-                return Outcome("skipped", note=f"none of {wanted} is registered")
+                return Outcome("skipped", note=f"no implementation on {self.device} is {SELECTIONS[step.select][0]}")
             impl_args = ["--impl", ",".join(names)]
+        limit = until - time.monotonic()
         preset = "smoke" if self.rehearse else step.preset
         flags = REHEARSE_FLAGS if self.rehearse else step.flags
         part = self.steps_dir / f"{step.name}.jsonl"
-        argv = [self.python, "-m", "bench", "run", "--device", self.device, "--baseline", "torch", "--solo", "0",
+        argv = [self.python, "-m", "bench", "run", "--device", self.device, "--baseline", BASELINE, "--solo", "0",
                 "--results", str(part), "--preset", preset, "--direction", step.direction, *impl_args, *flags]
         code, cut = self.run_limited(argv, self.bench_log, limit, ack=SWEEP_ACK)
         lines, bad = whole_lines(part)
@@ -490,7 +561,7 @@ class Pass:
             out.append(Stage("wheels", 0.1, 40, 5, Pass.wheels))
         out.append(Stage("facts", 0.15, 45, 10, Pass.facts))
         if not self.full:
-            out.append(Stage("phases", 0.12, 40, 10, Pass.phases))
+            out.append(Stage("phases", 0.12, 40, 20, Pass.phases))
             out.append(Stage("tests", 0.35, 120, 15, Pass.tests))
             out.append(Stage("sanitizer:memcheck", 0.25, 45, 10, lambda p, limit: p.sanitizer("memcheck", limit)))
             out.append(Stage("sanitizer:racecheck", 0.25, 40, 10, lambda p, limit: p.sanitizer("racecheck", limit)))

@@ -63,6 +63,7 @@ class _CupyBase(Implementation):
     dtypes = {"cuda": _DTYPES}
     fused = False
     role = "handwritten"
+    extras = ("gpu",)
 
     def _platform_reason(self, device_type: str) -> str | None:
         missing = cupy_missing_reason()
@@ -146,12 +147,14 @@ class CupyStaged(_CupyBase):
     name = "cupy"
     fused = False
     description = "hand-written CUDA via CuPy: tiled lateral GEMM, depthwise V, depthwise H, one kernel each"
+    summary = "CUDA kernels through CuPy, stage by stage ([README](impls/cupy_kernels/README.md))"
 
 
 class CupyFused(_CupyBase):
     name = "cupy_fused"
     fused = True
     description = "hand-written CUDA via CuPy: tiled lateral GEMM + one fused V+H kernel (t2 kept on chip)"
+    summary = "CUDA kernels through CuPy, lateral GEMM + one fused V+H kernel ([README](impls/cupy_kernels/README.md))"
 
 
 IMPLEMENTATIONS = [CupyStaged(), CupyFused()]

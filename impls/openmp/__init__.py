@@ -17,12 +17,11 @@ Building: see README.md beside this file.
 
 from __future__ import annotations
 
-import operator
 import os
 
 import torch
 
-from ..base import Implementation, Prepared, Saved
+from ..base import Implementation, Prepared, Saved, thread_count
 from ..params import FlatGrads
 from . import _ext
 
@@ -63,14 +62,7 @@ class _OpenMPBase(Implementation):
         }
 
     def set_num_threads(self, threads):
-        if isinstance(threads, bool):
-            raise TypeError("threads: expected an int, got bool")
-        try:
-            threads = operator.index(threads)
-        except TypeError:
-            raise TypeError(f"threads: expected an int, got {type(threads).__name__}") from None
-        if threads < 1:
-            raise ValueError(f"threads: expected >= 1, got {threads}")
+        threads = thread_count(threads)
         ext = _ext.load()
         if ext.reason is None:
             ext.lib.fc_set_num_threads(threads)
@@ -124,6 +116,7 @@ class _OpenMPBase(Implementation):
 class OpenMP(_OpenMPBase):
     name = "openmp"
     description = "C + OpenMP via cffi: blocked register-tiled GEMM for L, then V, then H, one parallel loop nest each"
+    summary = "C + OpenMP through cffi, stage by stage ([README](impls/openmp/README.md))"
 
     def _stage_tensors(self, x, prm, p):
         b, c, n, h, w, k, p, oh, ow = self._dims(x, prm, p)
@@ -181,6 +174,8 @@ class OpenMPFused(_OpenMPBase):
     name = "openmp_fused"
     description = ("C + OpenMP via cffi: lateral GEMM a row tile at a time into a cache-resident buffer, "
                    "V and H applied on the tile; no full-size intermediate in inference")
+    summary = "C + OpenMP through cffi, fused: lateral, V and H a row tile at a time ([README](impls/openmp/README.md))"
+    fused = True
 
     def _prepare(self, params):
         # L packed into the GEMM's register-tile panels once, as inference engines reorder

@@ -53,6 +53,11 @@ class TritonFused(Implementation):
     dtypes = {"cuda": _DTYPES}
     description = ("Triton: lateral GEMM by torch.matmul (cuBLAS), then one fused V+H kernel (t1 read once, "
                    "y written once); backward one fused V+H kernel with deterministic weight-gradient partials")
+    summary = ("Triton: cuBLAS lateral GEMM + one fused V+H kernel, fused V+H backward "
+               "([README](impls/triton_fused/README.md))")
+    extras = ("triton",)
+    compiles = "kernels"
+    fused = True
 
     def __init__(self, *, interpret: bool = False, tiles: dict[str, Any] | None = None):
         self.interpret = bool(interpret)
