@@ -162,8 +162,6 @@ def render(rows: list[dict], rev_a: str, rev_b: str) -> str:
 
 
 def main(args) -> int:
-    from .cli import usage_error
-
     try:
         chosen = options.selection(lambda name: getattr(args, name))
         cases = select_cases(**chosen)
@@ -173,9 +171,9 @@ def main(args) -> int:
             raise ValueError(f"--threshold: expected a fraction of 0 or more, got {args.threshold!r}")
         revs = {"A": commit_of(args.rev_a), "B": commit_of(args.rev_b)}
     except ValueError as e:
-        return usage_error(str(e))
+        return options.usage_error(str(e))
     if not cases:
-        return usage_error("no case matches --preset/--impl/--device/--direction/--dtype")
+        return options.usage_error("no case matches --preset/--impl/--device/--direction/--dtype")
     with checkouts(revs) as roots:
         members = [sweep.Member(f"{label}:{c.id}", c, f"{label}:{c.impl}", roots[label], c.id)
                    for c in cases for label in ("A", "B")]

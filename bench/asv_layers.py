@@ -9,11 +9,11 @@ driver's (bench/driver.py).
 """
 
 try:
-    from bench import asv_support, cases, memory, tables, timing
+    from bench import asv_support, cases, memory, schema, tables, timing
 
     IMPORT_ERROR = None
 except Exception as e:  # noqa: BLE001 - an old commit's package may lack what bench needs
-    asv_support = cases = memory = tables = timing = None
+    asv_support = cases = memory = schema = tables = timing = None
     IMPORT_ERROR = f"{type(e).__name__}: {e}"
 
 DEVICES, IMPL_NAMES = asv_support.grid() if asv_support else (["cpu"], ["dense", "torch"])
@@ -50,7 +50,8 @@ class _Layer:
             flops = self.bench.case.describe()["flops"]
             if flops is None:
                 raise NotImplementedError("this version's impls.shapes cannot count the case's FLOPs")
-            return flops / timing.measure(self.bench, asv_support.TRACK_RULE)["time_median"] / 1e9
+            seconds = timing.measure(self.bench, asv_support.TRACK_RULE)["time_median"]
+            return schema.rates(flops, None, seconds)["gflops"]
 
         track_gflops.unit = "GFLOP/s"
 

@@ -15,20 +15,15 @@ import functools
 import torch
 
 import impls
+from impls.shapes import DIRECTIONS
 
 from . import gate as gate_module, tables
+from .gate import DTYPES
+from .names import check_names, known_impl  # noqa: F401  (bench.cases.known_impl: the driver's, the sweep's)
+from .schema import ITEMSIZE
 from .tables import Row
 
-from .gate import DTYPES
-
-DIRECTIONS = ("forward", "backward", "train")
 DEVICES = ("cpu", "cuda")
-
-
-def known_impl(name: str):
-    """The implementation, or None when this version of impls has no such name (asv runs
-    the current bench/ against old commits)."""
-    return impls.get(name) if name in impls.names() else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +57,7 @@ class Case:
         kind = "dense" if baseline else "flat"
         # (an old commit's impls.shapes, under asv, may predate work(): no rates then)
         work = getattr(shape, "work", lambda *a: (None, None))
-        flops, nbytes = work(self.direction, kind, DTYPES[self.dtype].itemsize)
+        flops, nbytes = work(self.direction, kind, ITEMSIZE[self.dtype])
         return {"impl": self.impl, "role": getattr(impl, "role", None), "baseline": baseline,
                 "device": self.device, "table": self.table, "shape": self.row.name, **shape.as_dict(),
                 "dtype": self.dtype, "direction": self.direction, "params": shape.params(kind),
@@ -83,15 +78,6 @@ def stage_names(impl_name: str, device: str) -> tuple[str, ...]:
         return ()
     params = impls.FlatParams.random(2, 2, 3, device=device)
     return tuple(impl.stages(torch.randn(1, 2, 4, 4, device=device), impl.prepare(params), 1))
-
-
-def check_names(kind: str, given, known) -> list[str]:
-    """`given` when every name is in `known`, else ValueError naming the unknown ones."""
-    given = list(given)
-    unknown = [g for g in given if g not in known]
-    if unknown:
-        raise ValueError(f"{kind}: unknown {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
-    return given
 
 
 def select_cases(tables_: list[str], *, impl_names=None, devices=None, directions=DIRECTIONS + ("stages",),

@@ -30,6 +30,7 @@ import impls
 
 from . import intervals, options, schema
 from .cases import select_cases
+from .options import usage_error
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,11 +77,6 @@ def main(argv=None) -> int:
             print(c.id)
         return 0
     return _run(cases, plans, results, args)
-
-
-def usage_error(message: str) -> int:
-    print(f"python -m bench: error: {message}", file=sys.stderr)
-    return 2
 
 
 def _run(cases, plans, results, args) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from typing import Callable
 
 import torch
@@ -27,6 +28,13 @@ class Option:
     @property
     def dest(self) -> str:
         return self.flag.lstrip("-").replace("-", "_")
+
+
+def usage_error(message: str) -> int:
+    """A mistake in the options of `python -m bench` (run, list, ab): one line on stderr,
+    exit status 2."""
+    print(f"python -m bench: error: {message}", file=sys.stderr)
+    return 2
 
 
 def split_csv(value) -> list[str]:

@@ -29,8 +29,11 @@ import numpy as np
 #    the ratio to the group's reference with its prediction interval, modes, the solo check.
 SCHEMA_VERSION = 3
 STATUSES = ("ok", "failed", "skipped")
-# A case's direction is one of these, or stage:<name>[+<name>...] for one kernel alone.
-LAYER_DIRECTIONS = ("forward", "backward", "train")
+# A case's direction is one of impls.shapes.DIRECTIONS (forward, backward, train), or
+# stage:<name>[+<name>...] for one kernel alone.
+# Bytes per element of each dtype a record may name (tf32: float32 storage): the minimum
+# bytes of a case (`bytes`) are counted in these.
+ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "tf32": 4, "float64": 8}
 
 
 def _field(doc: str, default: Any = None):
@@ -48,7 +51,7 @@ class Record:
     role: str | None = _field("what the implementation is: baseline, peer, handwritten or simple")
     baseline: bool | None = _field("true for the implementation every speedup is measured against")
     device: str = _field("`cpu` or `cuda`")
-    table: str = _field("layer table (`smoke`, `paper`, `sweep`, `model`)")
+    table: str = _field("layer table (`smoke`, `paper`, `sweep`, `ci`, `goals`; `model` for a network)")
     shape: str = _field("row name: `c64-n64-s32-k3` is C, N, H = W, k; `-pP` when padding is not k//2")
     dtype: str = _field("`float32`, `float64`, ...")
     direction: str = _field("`forward`, `backward`, `train`, or `stage:<name>` (one kernel; fused groups joined by `+`)")

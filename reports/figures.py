@@ -22,8 +22,9 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from bench import schema  # noqa: E402
+from impls.shapes import DIRECTIONS as _DIRECTIONS  # noqa: E402
 
-DIRECTIONS = ["forward", "backward", "train"]
+DIRECTIONS = list(_DIRECTIONS)  # the figures' order of the directions
 INTERVAL_NOTE = ("bootstrap of the ratio of medians from both cases' raw times, or conservatively from "
                  "their medians' 95% intervals, or for records with neither (schema version 1) from each "
                  "median's box-plot notch, ±1.58 IQR/√rounds")
@@ -695,7 +696,7 @@ def history(asv: pd.DataFrame, ctx: Context, max_lines: int = 12) -> list[Figure
 
 
 # -----------------------------------------------------------------------------------
-# Model-level results (bench/models.py's *.models.json)
+# Model-level results (the *.models.json of bench/models/, `python -m bench.models`)
 def model_curves(model: dict, ctx: Context, name: str) -> Figure | None:
     rows = []
     for variant in ("baseline", "flattened"):

@@ -14,7 +14,7 @@ from impls import verify
 from impls.shapes import LayerShape
 
 from .. import gate, threads as thread_control, timing
-from ..cases import check_names, known_impl
+from ..names import check_names, known_impl
 from .networks import SEED, ConvNet, get_config, param_summary
 
 MODEL_TABLE = "model"
