@@ -160,6 +160,14 @@ def progress(line: str) -> None:
     print(line, flush=True)
 
 
+def position(r: int, planned: int, i: int, n: int) -> str:
+    """Where a visit stands, for its progress line: visit `i` of the `n` of round `r`
+    (0-based). A planned round reads `round 3 2/40`; a round after the `planned` ones
+    (the groups whose prediction interval stayed wide, measured again) is a phase of its
+    own, `re-measure 2/12 (round 6)`, so that no counter runs past its total."""
+    return f"round {r + 1} {i}/{n}" if r < planned else f"re-measure {i}/{n} (round {r + 1})"
+
+
 class Sweep:
     """Measure `members` under `plan`; `results` (or None) gets one record per member,
     `journal` the visits. `say` prints progress. `env` is the workers' environment."""
@@ -279,7 +287,7 @@ class Sweep:
         self.say(f"round {r + 1}: {len(needed)} worker process(es) started in {time.perf_counter() - began:.1f} s")
         try:
             for i, g in enumerate(todo):
-                self._visit(r, g, pool, f"{i + 1}/{len(todo)}")
+                self._visit(r, g, pool, position(r, self.plan.rounds, i + 1, len(todo)))
             if solo_group in todo:
                 self._solo(r, pool)
         finally:
@@ -366,7 +374,7 @@ class Sweep:
                           "phases": [round(b - a, 3) for a, b in zip(clock, clock[1:])]})
         shown = ", ".join(f"{self.by_key[k].worker} {_fmt(e.get('median')) if e['status'] == 'ok' else e['status']}"
                           for k, e in entry.items())
-        self.say(f"[round {r + 1} {where} {time.perf_counter() - self.started:6.1f}s] {group}: {shown}")
+        self.say(f"[{where} {time.perf_counter() - self.started:6.1f}s] {group}: {shown}")
 
     def _time(self, r: int, group: str, pool: dict, entry: dict, active: list, visited: set, device: str,
               clock: list) -> float | None:

@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("results", nargs="*", type=Path,
                    help="results files (*.jsonl, pytest-benchmark *.json, *.models.json) or folders "
                         "(searched recursively; an asv results folder is read as such). "
-                        "Default: reports/results/ and the asv results folder when present.")
+                        "Default: reports/results/ (the committed references), reports/runs/ (your own "
+                        "sweeps) and the asv results folder when present.")
     b.add_argument("--out", type=Path, default=None, help="output folder (default: reports/html/)")
     b.add_argument("--quiet", action="store_true", help="do not list reading problems on stderr")
     c = sub.add_parser("compare", help="compare two sets of results case by case; exit 1 when NEW is slower",

@@ -11,7 +11,7 @@ import pandas as pd
 
 from bench import intervals, schema
 
-from . import figures, html, tables
+from . import figures, html, reference, tables
 from .load import REPO, Inputs, latest, load
 
 DEFAULT_OUT = REPO / "reports" / "html"
@@ -337,7 +337,7 @@ def models_section(models: list[dict], out: Path, ctx: figures.Context, problems
             shutil.copyfile(model["filters"], target)
             body += html.figure(figures.Figure(
                 f"figures/{target.name}", f"Learned filters: {name}",
-                "Filters of the trained networks as written by the model benchmark (bench/models.py)."))
+                "Filters of the trained networks as written by the model benchmark (bench/models/)."))
     return body
 
 
@@ -365,6 +365,9 @@ def build(inputs: list | None = None, out: Path | str | None = None, problems: l
     sections = []
     summ = tables.summary(ok)
     sections.append(("summary", "Summary", summary_section(summ, ok, ctx, problems)))
+    beside = reference.section(data, problems)  # a user's run (reports/runs/) beside the reference of its CPU kind
+    if beside is not None:
+        sections.append((reference.ANCHOR, reference.TITLE, beside))
     devices = ["cpu", "cuda"] + sorted(set(df["device"].dropna()) - {"cpu", "cuda"})
     for device in devices:
         sections.append((device if device != "cuda" else "gpu", figures.device_label(device),

@@ -75,6 +75,12 @@ def _cases_from_records(records: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return pd.DataFrame(rows), repeated
 
 
+def cases_of(records: pd.DataFrame) -> pd.DataFrame:
+    """The timed cases of a tidy records table (`load().records`, or the rows of one run
+    of it), one row per case and machine, the newest run of each: what `judge` takes."""
+    return _cases_from_records(records)[0]
+
+
 def _rounds(r) -> list[float] | None:
     """The rounds' medians of a case timed in rounds (at least MIN_ROUNDS), else None."""
     values = intervals.rounds_of(r.get("time_round_medians"))

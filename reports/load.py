@@ -43,7 +43,6 @@ STATS_MAP = {
     "median": "time_median", "iqr": "time_iqr", "q1": "time_q1", "q3": "time_q3",
     "mean": "time_mean", "min": "time_min", "stddev": "time_stddev", "rounds": "rounds",
 }
-ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "tf32": 4, "float64": 8}
 ASV_COLUMNS = ["machine", "commit", "date", "env", "benchmark", "type", "unit", "params", "value", "q25",
                "q75", "ci99_low", "ci99_high", "samples"]
 
@@ -58,6 +57,10 @@ class Inputs:
     models: list[dict]
     sources: list[str]
     problems: list[str]
+    # results file -> the run ids of its records (record files only), and which of those
+    # files are a user's own runs (`is_user_run`): the "vs-reference" section's inputs
+    run_ids: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    user_runs: list[str] = dataclasses.field(default_factory=list)
 
 
 def _warn(problems: list[str], message: str) -> None:
@@ -167,8 +170,9 @@ def read_pytest_benchmark(path: Path, data: dict, problems: list[str]) -> list[d
 
 
 def load_models(path: Path, problems: list[str]) -> dict | None:
-    """A ``*.models.json`` file (bench/models.py): {"baseline": {...}, "flattened": {...},
-    optional "filters": "png path"}; the filters path is resolved against the file."""
+    """A ``*.models.json`` file (bench/models/: `python -m bench.models digits --json`):
+    {"baseline": {...}, "flattened": {...}, optional "filters": "png path"}; the filters
+    path is resolved against the file."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -276,8 +280,22 @@ def _asv_rows(result, benchmarks: dict, machine_name: str) -> list[dict]:
 
 # --------------------------------------------------------------------------------------
 # Discovery and the tidy table.
+RESULTS_DIR = REPO / "reports" / "results"  # committed reference sweeps (see its README)
+RUNS_DIR = REPO / "reports" / "runs"  # a user's own sweeps (tox -e bench), git-ignored
+
+
+def is_user_run(path: Path | str) -> bool:
+    """A results file is a user's own run when the nearest of its enclosing folders named
+    `runs` or `results` is `runs` (reports/runs/, where tox -e bench writes); anything else
+    (reports/results/, a file given by name) is a reference the runs may be set beside."""
+    for parent in Path(path).parents:
+        if parent.name in (RUNS_DIR.name, RESULTS_DIR.name):
+            return parent.name == RUNS_DIR.name
+    return False
+
+
 def default_inputs() -> list[Path]:
-    inputs = [REPO / "reports" / "results"]
+    inputs = [RESULTS_DIR] + ([RUNS_DIR] if RUNS_DIR.is_dir() else [])
     asv_dir = REPO / ".asv" / "results"
     conf = REPO / "asv.conf.json"
     if conf.exists():
@@ -321,6 +339,7 @@ def load(inputs: list[Path] | None = None) -> Inputs:
     inputs = default_inputs() if inputs is None else [Path(p) for p in inputs]
     files, asv_dirs = _expand(inputs, problems)
     rows, models, sources = [], [], []
+    run_ids: dict[str, list[str]] = {}
     for path in files:
         if path.name.endswith(".models.json"):
             model = load_models(path, problems)
@@ -343,6 +362,8 @@ def load(inputs: list[Path] | None = None) -> Inputs:
             continue
         if new:
             sources.append(str(path))
+            # as tidy() names runs: a record without a run id is its file's own run
+            run_ids[str(path)] = sorted({str(path) if _isnan(r.get("run_id")) else str(r["run_id"]) for r in new})
         rows.extend(new)
     asv_rows, asv_machines = [], []
     for folder in asv_dirs:
@@ -358,6 +379,8 @@ def load(inputs: list[Path] | None = None) -> Inputs:
         models=models,
         sources=sources,
         problems=problems,
+        run_ids=run_ids,
+        user_runs=[s for s in run_ids if is_user_run(s)],
     )
 
 
@@ -437,7 +460,7 @@ def _derived(df: pd.DataFrame) -> pd.DataFrame:
             continue
         kind = "dense" if row["baseline"] else "flat"
         try:
-            flops, nbytes = shape.work(row["direction"], kind, ITEMSIZE.get(str(row["dtype"]), 4))
+            flops, nbytes = shape.work(row["direction"], kind, schema.ITEMSIZE.get(str(row["dtype"]), 4))
         except ValueError:  # a direction impls.shapes does not know
             continue
         if _isnan(row["flops"]) and flops is not None:
