@@ -77,19 +77,32 @@ def test_rank1_dense_equivalence(name, device, padding):
     x, params, gy = layer_inputs((2, 3, 4, 7, 6, 3), padding, torch.float64, device, seed=11)
     params = params.without_inner_biases()
     x_ref = x.clone().requires_grad_()
-    y_ref = F.conv2d(x_ref, params.dense_weight(), params.horizontal_bias, padding=padding)
+    y_ref = F.conv2d(x_ref, _rank1_filter(params), params.horizontal_bias, padding=padding)
     y_ref.backward(gy)
+    # the composition is the layer: F.conv2d with it gives the float64 oracle's output and input
+    # gradient (so `dense`, which is this convolution, is not checked against itself)
+    torch.testing.assert_close(y_ref.detach(), reference.forward(x, params, padding).to(device))
+    torch.testing.assert_close(x_ref.grad, reference.backward(x, params, padding, gy).input.to(device))
     prepared = impl.prepare(params)
     y, saved = impl.forward_train(x, prepared, padding=padding)
     torch.testing.assert_close(y, y_ref.detach())
     torch.testing.assert_close(impl.backward(saved, gy).input, x_ref.grad)
 
 
+def _rank1_filter(params):
+    """W[n, c, i, j] = lateral[n, c] vertical[n, i] horizontal[n, j], composed here (not by
+    FlatParams.dense_weight, which the dense implementation uses)."""
+    return torch.einsum("nc,ni,nj->ncij", params.lateral, params.vertical, params.horizontal)
+
+
 @pytest.mark.parametrize("name,device", impl_device_params(torch.float64))
 def test_rank1_with_biases_at_padding_zero(name, device):
     impl = impl_for_tests(name)
     x, params, _ = layer_inputs((2, 3, 4, 6, 8, 3), 0, torch.float64, device, seed=12)
-    y_ref = F.conv2d(x, params.dense_weight(), params.dense_bias())
+    # the dense bias is the layer's output on a zero k x k input (the oracle's)
+    bias = reference.forward(torch.zeros(1, 3, 3, 3, dtype=torch.float64), params.to(device="cpu"), 0)[0, :, 0, 0]
+    y_ref = F.conv2d(x, _rank1_filter(params), bias.to(device))
+    torch.testing.assert_close(y_ref, reference.forward(x, params, 0).to(device))
     torch.testing.assert_close(impl.forward(x, impl.prepare(params)), y_ref)
 
 

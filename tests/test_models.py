@@ -1,8 +1,9 @@
 """Model level: the baseline CNN and its flattened twin (bench/models/).
 
 Parameter counts, forward + backward on every input size and implementation, agreement
-of every CPU implementation with "torch" inside the network, the CIFAR-10 loader on a
-generated folder, and the digits command's JSON.
+of every CPU implementation, inside the network, with the same network in float64 whose
+flattened layers run the oracle impls.reference, the CIFAR-10 loader on a generated
+folder, and the digits command's JSON.
 """
 
 import json
@@ -95,22 +96,61 @@ def _exact_cpu_float32_impls():
     return out
 
 
+class _Float64Oracle:
+    """impls.reference (the float64 banded-matrix oracle: no F.conv2d, unfold or autograd)
+    behind the methods FlattenedConv2d calls, so a network's flattened layers can run it."""
+
+    name = "reference"
+
+    def prepare(self, params):
+        return params.detach()
+
+    def forward(self, x, params, padding=0):
+        return impls.reference.forward(x, params, padding)
+
+    def forward_train(self, x, params, padding=0):
+        return impls.reference.forward(x, params, padding), (x.detach(), params, padding)
+
+    def backward(self, saved, grad_y):
+        x, params, padding = saved
+        return impls.reference.backward(x, params, padding, grad_y)
+
+
+def _float64_oracle_net(net):
+    """A float64 copy of flattened network `net`, its every stage computed by impls.reference."""
+    cfg = net.config
+    oracle = models.ConvNet(cfg, "flattened", impl="torch", seed=0).to(torch.float64)
+    oracle.load_state_dict({k: v.detach().to(torch.float64) for k, v in net.state_dict().items()})
+    stages = [s for layer in oracle.convs for s in layer]
+    assert len(stages) == 2 * len(cfg.channels)
+    for stage in stages:
+        stage.impl = _Float64Oracle()
+    return oracle
+
+
 @pytest.mark.parametrize("impl", _exact_cpu_float32_impls())
 @pytest.mark.parametrize("config", [SMALL, "digits"], ids=["small3x12", "digits"])
-def test_every_cpu_implementation_matches_torch_in_the_network(config, impl):
+def test_every_cpu_implementation_matches_the_float64_oracle_in_the_network(config, impl):
+    """Every implementation, "torch" included, against the same network in float64 whose
+    flattened layers run impls.reference: output, input gradient, every parameter gradient."""
     cfg = models.get_config(config) if isinstance(config, str) else config
-    ref = models.ConvNet(cfg, "flattened", impl="torch", seed=5)
     net = models.ConvNet(cfg, "flattened", impl=impl, seed=5)
+    ref = _float64_oracle_net(net)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(2, cfg.in_channels, cfg.image_size, cfg.image_size, generator=gen)
-    xr, xi = x.clone().requires_grad_(), x.clone().requires_grad_()
+    xr, xi = x.to(torch.float64).requires_grad_(), x.clone().requires_grad_()
     yr, yi = ref(xr), net(xi)
-    torch.testing.assert_close(yi, yr, rtol=1e-4, atol=1e-4)
+    assert yi.dtype == torch.float32 and yr.dtype == torch.float64
+    assert yr.abs().max() > 1e-3  # a signal to compare, not a network that outputs ~0
+    torch.testing.assert_close(yi.double(), yr, rtol=1e-4, atol=1e-5)
     yr.square().sum().backward()
     yi.square().sum().backward()
-    torch.testing.assert_close(xi.grad, xr.grad, rtol=1e-4, atol=1e-4)
-    for (name, pr), (_, pi) in zip(ref.named_parameters(), net.named_parameters()):
-        torch.testing.assert_close(pi.grad, pr.grad, rtol=1e-4, atol=1e-4, msg=name)
+    torch.testing.assert_close(xi.grad.double(), xr.grad, rtol=1e-4, atol=1e-5)
+    named = list(zip(ref.named_parameters(), net.named_parameters()))
+    assert len(named) == len(list(net.parameters())) and all(nr == ni for (nr, _), (ni, _) in named)
+    for (name, pr), (_, pi) in named:
+        assert pr.grad.abs().max() > 0, name  # every parameter takes part
+        torch.testing.assert_close(pi.grad.double(), pr.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_the_exact_implementation_list_is_not_empty():

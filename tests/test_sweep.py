@@ -42,6 +42,7 @@ def swept(tmp_path_factory):
     return result, {r["case"]: r for r in records.read_records(out)}, out
 
 
+@pytest.mark.slow  # a sweep in worker processes (bench run, a subprocess)
 def test_a_sweep_records_every_case_and_survives_crashes(swept):
     result, recs, _ = swept
     assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr, result.stderr
@@ -57,6 +58,7 @@ def test_a_sweep_records_every_case_and_survives_crashes(swept):
             assert r["status"] == "ok", r["reason"]
 
 
+@pytest.mark.slow  # a sweep in worker processes (bench run, a subprocess)
 def test_each_round_runs_in_fresh_worker_processes(swept):
     _, recs, _ = swept
     ok = [r for r in recs.values() if r["status"] == "ok"]
@@ -80,6 +82,7 @@ def test_each_round_runs_in_fresh_worker_processes(swept):
             intervals.paired_estimate(torch_rec, next(r for r in pair if r["impl"] == "dense")).value)
 
 
+@pytest.mark.slow  # a sweep in worker processes (bench run, a subprocess)
 def test_the_solo_check_times_sampled_cases_alone(swept):
     result, recs, out = swept
     solo = [r for r in recs.values() if r.get("solo_ratio")]
@@ -90,6 +93,7 @@ def test_the_solo_check_times_sampled_cases_alone(swept):
     assert sum(e["kind"] == "solo" for e in journal) == 4
 
 
+@pytest.mark.slow  # a sweep in worker processes (bench run, a subprocess)
 def test_peak_memory_and_kernels_come_from_the_first_round(swept):
     _, recs, _ = swept
     ok = [r for r in recs.values() if r["status"] == "ok"]
@@ -101,6 +105,7 @@ SWEEP = ["run", "--preset", "smoke", "--impl", "torch,dense,naive", "--device", 
          "forward,train", *QUICK]
 
 
+@pytest.mark.slow  # a sweep in worker processes (bench run, a subprocess)
 def test_a_sweep_killed_with_sigkill_and_resumed_has_every_case_once(tmp_path):
     out = tmp_path / "r.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "bench", *SWEEP, "--results", str(out)], cwd=REPO,
@@ -126,6 +131,7 @@ def test_a_sweep_killed_with_sigkill_and_resumed_has_every_case_once(tmp_path):
     assert len(visits) == 2 * 2 * len(tables.TABLES["smoke"])  # nothing measured twice
 
 
+@pytest.mark.slow  # a sweep in worker processes (bench run, a subprocess)
 def test_an_interrupted_sweep_writes_what_it_measured(tmp_path):
     out = tmp_path / "r.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "bench", *SWEEP, "--results", str(out)], cwd=REPO,
