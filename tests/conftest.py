@@ -17,6 +17,10 @@ SLOW_BY_ID = {
     "tests/test_cuda_sources.py::test_compiles_with_nvcc": "nvcc for each architecture (62 s)",
     "tests/test_memory.py::test_the_counted_peak_of_a_case_repeats_in_fresh_processes": "fresh processes (120 s)",
     "tests/test_reports.py::test_full_report": "the whole report from the fixtures (68 s)",
+    "tests/test_reports.py::test_subsets_build": "three whole reports (30 s)",
+    "tests/test_sweep.py::test_sweep_option_mistakes_are_one_line_and_exit_2": "a process per mistake (22 s)",
+    "tests/test_compare.py::test_machines_are_matched": "reports from fixtures (17 s)",
+    "tests/test_models.py::test_both_networks_run_forward_and_backward": "every implementation in two networks (26 s)",
 }
 
 
