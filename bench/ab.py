@@ -27,7 +27,6 @@ import tempfile
 from pathlib import Path
 
 from . import options, sweep, workers
-from .cases import select_cases
 
 WORKING_TREE = "work"
 
@@ -163,8 +162,7 @@ def render(rows: list[dict], rev_a: str, rev_b: str) -> str:
 
 def main(args) -> int:
     try:
-        chosen = options.selection(lambda name: getattr(args, name))
-        cases = select_cases(**chosen)
+        cases = options.selected_cases(lambda name: getattr(args, name))
         plan = options.plans(args)[0]
         threshold = float(args.threshold)
         if not (threshold >= 0 and math.isfinite(threshold)):
@@ -172,8 +170,6 @@ def main(args) -> int:
         revs = {"A": commit_of(args.rev_a), "B": commit_of(args.rev_b)}
     except ValueError as e:
         return options.usage_error(str(e))
-    if not cases:
-        return options.usage_error("no case matches --preset/--impl/--device/--direction/--dtype")
     with checkouts(revs) as roots:
         members = [sweep.Member(f"{label}:{c.id}", c, f"{label}:{c.impl}", roots[label], c.id)
                    for c in cases for label in ("A", "B")]

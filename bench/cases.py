@@ -106,11 +106,16 @@ def select_cases(tables_: list[str], *, impl_names=None, devices=None, direction
     return out
 
 
+def local_devices() -> list[str]:
+    """The devices this machine has: the CPU, and CUDA where torch sees a GPU."""
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
 def asv_grid() -> tuple[list[str], list[str]]:
     """(devices, implementation names) for an asv parameter grid, fixed when asv discovers
     the benchmarks: only devices this machine has and implementations that run on one of
     them (asv starts a process per combination, so impossible ones cost minutes of skips)."""
-    devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    devices = local_devices()
     return devices, [n for n in impls.names() if set(impls.get(n).devices) & set(devices)]
 
 

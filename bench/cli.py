@@ -29,7 +29,6 @@ from pathlib import Path
 import impls
 
 from . import intervals, options, schema
-from .cases import select_cases
 from .options import usage_error
 
 
@@ -62,16 +61,13 @@ def main(argv=None) -> int:
 
         return ab.main(args)
     try:
-        chosen = options.selection(lambda name: getattr(args, name))
-        cases = select_cases(**chosen)
+        cases = options.selected_cases(lambda name: getattr(args, name))
         if args.command == "run":
             if args.baseline not in impls.names():
                 raise ValueError(f"--baseline: unknown implementation {args.baseline!r}")
             plans, results = options.plans(args), options.results_path(args.results)
     except ValueError as e:
         return usage_error(str(e))
-    if not cases:
-        return usage_error("no case matches --preset/--impl/--device/--direction/--dtype")
     if args.command == "list":
         for c in cases:
             print(c.id)

@@ -79,13 +79,11 @@ def cpu_vendor() -> str | None:
 
 
 def cpu_tag(meta: dict) -> str:
-    """A file-name tag for the kind of CPU that `meta` (metadata()) describes: instruction
-    set, vendor and family-model, e.g. avx512-intel-6-143 or avx2-amd-25-1. Two machines of
-    one instruction set (an AVX-512 Zen 4 and an AVX-512 Xeon) get different tags, so their
-    sweeps never overwrite each other."""
-    family_model = meta.get("cpu_family_model")
-    parts = [meta.get("cpu_isa"), meta.get("cpu_vendor"), family_model.replace("/", "-") if family_model else None]
-    return "-".join(p for p in parts if p)
+    """A file-name tag for the kind of CPU that `meta` (metadata()) describes
+    (schema.cpu_kind: avx512-intel-6-143, avx2-amd-25-1); where the CPU tells no
+    family-model (not x86), its instruction set and vendor."""
+    return (schema.cpu_kind(meta.get("cpu_isa"), meta.get("cpu_vendor"), meta.get("cpu_family_model"))
+            or "-".join(p for p in (meta.get("cpu_isa"), meta.get("cpu_vendor")) if p) or "unknown")
 
 
 def _compiler() -> str | None:

@@ -11,8 +11,6 @@ import math
 import sys
 from typing import Callable
 
-import torch
-
 import impls
 
 from . import cases, records, tables, threads
@@ -72,7 +70,7 @@ def selection(get: Callable[[str], object]) -> dict:
     dtype is a ValueError naming the option."""
     devices = split_csv(get("device"))
     if devices == ["auto"]:
-        devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+        devices = cases.local_devices()
     return {
         "tables_": _check_names("preset", split_csv(get("preset")), tables.TABLES) or ["smoke"],
         "impl_names": _check_names("impl", split_csv(get("impl")), impls.names()),
@@ -81,6 +79,15 @@ def selection(get: Callable[[str], object]) -> dict:
         "dtypes": _check_names("dtype", split_csv(get("dtype")), cases.DTYPES),
         "all_rows": bool(get("all_rows")),
     }
+
+
+def selected_cases(get: Callable[[str], object]) -> list:
+    """The cases the shared options select (`selection`), in order; a ValueError when the
+    options are wrong or no case matches them."""
+    chosen = cases.select_cases(**selection(get))
+    if not chosen:
+        raise ValueError("no case matches --preset/--impl/--device/--direction/--dtype")
+    return chosen
 
 
 def thread_counts(value) -> list[int | None]:

@@ -371,6 +371,29 @@ def copy_ceiling(levels, nbytes) -> float | None:
     return None if level is None else float(level["gbps"])
 
 
+
+# CPU vendors as bench.machine.cpu_vendor names them, for records older than that field:
+# found in the CPU's model name instead ("AMD EPYC" -> amd)
+CPU_VENDORS = ("amd", "intel", "hygon", "centaur")
+
+
+def cpu_kind(isa, vendor, family_model, model=None) -> str | None:
+    """The kind of a CPU, as a results file's name carries it: instruction set, vendor and
+    family-model, e.g. avx2-amd-25-1 or avx512-intel-6-143 (two machines of one instruction
+    set, an AVX-512 Zen 4 and an AVX-512 Xeon, are of different kinds). From a record's
+    machine fields; the vendor, when the record predates it, from the CPU's model name.
+    None without an instruction set and a family-model: such a CPU matches no other."""
+    def text(value):
+        return value if isinstance(value, str) and value else None
+
+    isa, vendor, family_model, model = map(text, (isa, vendor, family_model, model))
+    if not (isa and family_model):
+        return None
+    if vendor is None and model:
+        vendor = next((v for v in CPU_VENDORS if v in model.lower()), None)
+    return "-".join(p for p in (isa, vendor, family_model.replace("/", "-")) if p)
+
+
 def rates(flops, nbytes, seconds, copy_gbps=None, sgemm_gflops=None) -> dict:
     """GFLOP/s, GB/s, intensity (FLOPs per byte), the roofline's GFLOP/s at that intensity
     (min of sgemm and intensity x copy bandwidth) and the fraction of it reached. Works on

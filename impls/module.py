@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .base import Implementation
 from .params import FlatParams
 from .registry import get
 
@@ -33,12 +34,13 @@ def _draw_seed() -> int:
 
 class FlattenedConv2d(nn.Module):
     """One flattened layer (lateral 1x1 C->N, vertical k x 1, horizontal 1 x k, each with
-    a bias, no nonlinearity between them) computed by the implementation `impl`."""
+    a bias, no nonlinearity between them) computed by the implementation `impl` (a
+    registered name, or an Implementation such as impls.reference.Oracle())."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0, impl: str = "torch",
-                 *, device=None, dtype=None, seed: int | None = None):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
+                 impl: str | Implementation = "torch", *, device=None, dtype=None, seed: int | None = None):
         super().__init__()
-        self.impl = get(impl)
+        self.impl = impl if isinstance(impl, Implementation) else get(impl)
         k = kernel_size
         if isinstance(padding, bool) or not isinstance(padding, int):
             raise TypeError(f"padding: expected an int, got {type(padding).__name__}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from .base import Implementation
 from .params import FlatGrads, FlatParams
 from .shapes import output_size
 
@@ -98,3 +99,20 @@ def expected_output_shape(x_shape, params: FlatParams, padding: int) -> tuple[in
     b, _, h, w = x_shape
     oh, ow = output_size(h, w, params.kernel_size, padding)
     return (b, params.out_channels, oh, ow)
+
+
+class Oracle(Implementation):
+    """The oracle behind the implementation contract, in float64 only, so that a
+    FlattenedConv2d (and a network of them) can run on it: the float64 twin a network's
+    gate compares against (bench/models/cases.py). Not registered and never timed."""
+
+    name = "reference"
+    devices = ("cpu", "cuda")
+    dtypes = {"cpu": (torch.float64,), "cuda": (torch.float64,)}
+    description = "the float64 oracle (banded matrices, no F.conv2d, unfold or autograd)"
+
+    def _forward_train(self, x, prepared, padding):
+        return forward(x, prepared.params, padding), {}
+
+    def _backward(self, saved, grad_y):
+        return backward(saved.x, saved.prepared.params, saved.padding, grad_y)

@@ -4,7 +4,7 @@
 `tox -e bench` writes its sweep to reports/runs/ (git-ignored); the committed reference
 sweeps live in reports/results/ (`load.is_user_run` tells them apart by folder). When the
 inputs hold a user's run, this section sets the newest run of each CPU kind (instruction
-set, vendor, family-model: the `{cpu}` of the results file's name, bench.machine.cpu_tag)
+set, vendor, family-model: the `{cpu}` of the results file's name, bench.schema.cpu_kind)
 beside the newest reference of that kind, by the regression gate's own comparison
 (`python -m reports compare REFERENCE RUN`: `compare.judge`, the reference as OLD and the
 run as NEW): the cases that moved with their ratio and its 95% interval, the tally of the
@@ -19,28 +19,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench import schema
+
 from . import compare, html
 from .load import REPO, Inputs
 
 ANCHOR, TITLE = "vs-reference", "Your run vs the reference"
 THRESHOLD, ALPHA = 0.10, 0.01  # the gate's defaults (python -m reports compare)
-VENDORS = ("amd", "intel", "hygon")  # for records older than machine.cpu_vendor: from the CPU's model name
-
-
-def cpu_kind(isa, vendor, family_model, model=None) -> str | None:
-    """The CPU kind as bench.machine.cpu_tag names it (avx2-amd-25-1), from a record's
-    machine fields; the vendor, when the record predates it, from the CPU's model name
-    ("AMD EPYC" -> amd). None without an instruction set and a family-model: such a run
-    matches no other."""
-    def text(value):
-        return value if isinstance(value, str) and value else None
-
-    isa, vendor, family_model, model = map(text, (isa, vendor, family_model, model))
-    if not (isa and family_model):
-        return None
-    if vendor is None and model:
-        vendor = next((v for v in VENDORS if v in model.lower()), None)
-    return "-".join(p for p in (isa, vendor, family_model.replace("/", "-")) if p)
 
 
 def _runs(df: pd.DataFrame) -> pd.DataFrame:
@@ -54,7 +39,7 @@ def _runs(df: pd.DataFrame) -> pd.DataFrame:
         stamps = pd.to_datetime(group["timestamp"], errors="coerce", utc=True, format="ISO8601").dropna()
         rows.append({"run_id": run_id, "machine": last("machine"), "commit": last("commit"),
                      "when": stamps.max() if not stamps.empty else pd.NaT,
-                     "kind": cpu_kind(last("machine_cpu_isa"), last("machine_cpu_vendor"),
+                     "kind": schema.cpu_kind(last("machine_cpu_isa"), last("machine_cpu_vendor"),
                                       last("machine_cpu_family_model"), last("machine_cpu_model"))})
     return pd.DataFrame(rows, columns=["run_id", "machine", "commit", "when", "kind"]).set_index("run_id")
 

@@ -1,5 +1,7 @@
-"""Test-wide settings: TF32 off on CUDA so float32 results are float32-exact."""
+"""Test-wide settings: TF32 off on CUDA so float32 results are float32-exact; torch's
+thread count restored after each test; the tests marked slow by id."""
 
+import pytest
 import torch
 
 if torch.cuda.is_available():
@@ -24,9 +26,18 @@ SLOW_BY_ID = {
 }
 
 
-def pytest_collection_modifyitems(config, items):
-    import pytest
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Each test starts at the thread count the session started with: a test that sets
+    its own (the harness, thread-count tests) would otherwise leave it to the tests after
+    it, which then ran at 1 thread depending on the order."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
+
+def pytest_collection_modifyitems(config, items):
     for item in items:
         if any(part in item.nodeid for part in SLOW_BY_ID):
             item.add_marker(pytest.mark.slow)

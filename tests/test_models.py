@@ -96,35 +96,14 @@ def _exact_cpu_float32_impls():
     return out
 
 
-class _Float64Oracle:
-    """impls.reference (the float64 banded-matrix oracle: no F.conv2d, unfold or autograd)
-    behind the methods FlattenedConv2d calls, so a network's flattened layers can run it."""
-
-    name = "reference"
-
-    def prepare(self, params):
-        return params.detach()
-
-    def forward(self, x, params, padding=0):
-        return impls.reference.forward(x, params, padding)
-
-    def forward_train(self, x, params, padding=0):
-        return impls.reference.forward(x, params, padding), (x.detach(), params, padding)
-
-    def backward(self, saved, grad_y):
-        x, params, padding = saved
-        return impls.reference.backward(x, params, padding, grad_y)
-
-
 def _float64_oracle_net(net):
-    """A float64 copy of flattened network `net`, its every stage computed by impls.reference."""
+    """A float64 copy of flattened network `net`, its every stage computed by the oracle
+    (impls.reference.Oracle: banded matrices, no F.conv2d, unfold or autograd)."""
     cfg = net.config
-    oracle = models.ConvNet(cfg, "flattened", impl="torch", seed=0).to(torch.float64)
+    oracle = models.ConvNet(cfg, "flattened", impl=impls.reference.Oracle(), seed=0).to(torch.float64)
     oracle.load_state_dict({k: v.detach().to(torch.float64) for k, v in net.state_dict().items()})
     stages = [s for layer in oracle.convs for s in layer]
-    assert len(stages) == 2 * len(cfg.channels)
-    for stage in stages:
-        stage.impl = _Float64Oracle()
+    assert len(stages) == 2 * len(cfg.channels) and all(s.impl.name == "reference" for s in stages)
     return oracle
 
 
@@ -310,3 +289,16 @@ def test_model_gate_is_the_layer_gate(monkeypatch):
     rec = driver.Driver(driver.Settings(threads=1)).measure(models.ModelCase("torch", "cpu", "digits"))
     assert seen and seen[0][1] == "the float64 network"
     assert rec["status"] == "failed" and "differs from the float64 network" in rec["reason"]
+
+
+def test_model_gate_twin_does_not_share_the_implementations_convolutions(monkeypatch):
+    """The float64 twin runs the oracle, not impl "torch" in float64: a torch whose
+    F.conv2d is off by 1e-3 fails the gate of its own network (with a torch-built twin
+    the two would be off alike and pass)."""
+    from bench import driver
+    from impls import composed
+
+    real = composed.F.conv2d
+    monkeypatch.setattr(composed, "F", type("F", (), {"conv2d": staticmethod(lambda *a, **k: real(*a, **k) * 1.001)}))
+    rec = driver.Driver(driver.Settings(threads=1)).measure(models.ModelCase("torch", "cpu", "digits"))
+    assert rec["status"] == "failed" and "differs from the float64 network" in rec["reason"], rec

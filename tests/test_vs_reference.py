@@ -28,7 +28,7 @@ from test_compare import SLOW, _records, _slower, _write  # noqa: E402
 from test_reports import _Page, _section, _text  # noqa: E402
 
 from reports import load as load_module  # noqa: E402
-from reports import reference  # noqa: E402
+from bench import schema  # noqa: E402
 from reports.build import build  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,10 +79,12 @@ def test_cpu_kind_is_the_results_file_tag():
     machine = pytest.importorskip("bench.machine")
     for meta in ({"cpu_isa": "avx2", "cpu_vendor": "amd", "cpu_family_model": "25/1"},
                  {"cpu_isa": "avx512", "cpu_vendor": "intel", "cpu_family_model": "6/167"}):
-        assert reference.cpu_kind(meta["cpu_isa"], meta["cpu_vendor"], meta["cpu_family_model"]) == machine.cpu_tag(meta)
+        assert schema.cpu_kind(meta["cpu_isa"], meta["cpu_vendor"], meta["cpu_family_model"]) == machine.cpu_tag(meta)
+    assert machine.cpu_tag({"cpu_isa": "avx2", "cpu_vendor": "amd", "cpu_family_model": "25/1"}) == "avx2-amd-25-1"
+    assert machine.cpu_tag({"cpu_isa": "neon", "cpu_vendor": None, "cpu_family_model": None}) == "neon"
     # a record older than cpu_vendor: the vendor from the model name (the committed avx512-amd-25-17 sweep)
-    assert reference.cpu_kind("avx512", None, "25/17", "AMD EPYC") == "avx512-amd-25-17"
-    assert reference.cpu_kind("avx2", None, None, "AMD EPYC") is None  # too little to match on
+    assert schema.cpu_kind("avx512", None, "25/17", "AMD EPYC") == "avx512-amd-25-17"
+    assert schema.cpu_kind("avx2", None, None, "AMD EPYC") is None  # too little to match on
 
 
 # ------------------------------------------------------------------ the section

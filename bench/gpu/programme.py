@@ -266,7 +266,6 @@ class Pass:
         self.bench_log = out / "bench.log"
         self.steps_dir = Path(tempfile.mkdtemp(prefix="gpu-steps-"))
         self.device = "cpu" if rehearse else "cuda"
-        self.registered: list[str] | None = None
         self.implementations: list[dict] | None = None  # the facts' `impl` lines
         self.asked_implementations = False
         self.stopping: str | None = None
@@ -416,23 +415,21 @@ class Pass:
         path.write_text("")
         code, cut = self.run_limited([self.python, "-m", "bench.gpu.facts", self.name], path, limit)
         text = path.read_text()
-        m = re.search(r"^registered (\S*)$", text, re.M)
-        if m:
-            self.registered = [n for n in m[1].split(",") if n]
         self.implementations = read_implementations(text)
         torch_line = re.search(r"^torch .*$", text, re.M)
-        commit = re.search(r"^commit (.*)$", text, re.M)
-        note = "; ".join(x for x in (torch_line and torch_line[0], commit and f"commit {commit[1][:12]}",
-                                     f"{len(self.registered)} implementations registered" if self.registered else
-                                     "implementations not listed: the sweep asks for its lists as they are") if x)
+        recorded = re.search(r"^commit (.*)$", text, re.M)
+        note = "; ".join(x for x in (torch_line and torch_line[0], recorded and f"commit {recorded[1][:12]}",
+                                     f"{len(self.implementations)} implementations registered" if self.implementations
+                                     else "implementations not listed: the sweep asks for its lists as they are") if x)
         return Outcome(f"exit {code}", timed_out=cut, note=note, failed=code != 0 and not cut)
 
     def phases(self, limit: float) -> Outcome:
         log = self.out / "phases.log"
         log.write_text("")
         code, cut = self.run_limited([self.python, "-m", "bench.gpu.phases", "--device", self.device], log, limit)
-        done = re.findall(r"^   (.+?)\s+(\d+\.\d+) s(?:  (.*))?$", log.read_text(), re.M)
-        started = re.findall(r"^-> (.*)$", log.read_text(), re.M)
+        text = log.read_text()
+        done = re.findall(r"^   (.+?)\s+(\d+\.\d+) s(?:  (.*))?$", text, re.M)
+        started = re.findall(r"^-> (.*)$", text, re.M)
         failed = [name for name, _, note in done if note.startswith("FAILED")]
         note = f"{len(done)} phases"
         if done:

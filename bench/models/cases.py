@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import impls
-from impls import verify
+from impls import reference, verify
 from impls.shapes import LayerShape
 
 from .. import gate, threads as thread_control, timing
@@ -128,7 +128,8 @@ def select_model_cases(tables_, *, impl_names=None, devices=None, directions=MOD
 
 def setup_model_case(case: ModelCase, threads: int | None = None, warmup: bool | dict = True) -> gate.Bench:
     """Build the network, gate it against its float64 twin (same weights; the flattened
-    layers through impl "torch", the baseline's nn.Conv2d in float64) and return a
+    layers through the oracle, impls.reference.Oracle, the baseline's nn.Conv2d in
+    float64) and return a
     warmed-up Bench whose `call` runs the case once. Raises gate.Unavailable or
     gate.GateFailed like the layer cases."""
     dtype = gate.dtype_of(case.dtype)
@@ -139,7 +140,7 @@ def setup_model_case(case: ModelCase, threads: int | None = None, warmup: bool |
     cfg = get_config(case.config)
     impl_name = case.impl if case.network == "flattened" else "torch"
     model = ConvNet(cfg, case.network, impl=impl_name, seed=SEED).to(device=case.device, dtype=dtype)
-    oracle = ConvNet(cfg, case.network, impl="torch", seed=SEED).to(device=case.device, dtype=torch.float64)
+    oracle = ConvNet(cfg, case.network, impl=reference.Oracle(), seed=SEED).to(device=case.device, dtype=torch.float64)
     oracle.load_state_dict({k: v.to(torch.float64) for k, v in model.state_dict().items()})
     gen = torch.Generator().manual_seed(sum(map(ord, case.config)))
     x64 = torch.randn(case.batch, cfg.in_channels, cfg.image_size, cfg.image_size, generator=gen,
