@@ -121,6 +121,9 @@ class Driver:
         the stats, or (`status` in it) the failed record."""
         on_gpu = case.device == "cuda"
         try:
+            # A pool that spins after its runs (ONNX Runtime's, the set-up's tuning, an
+            # earlier case's) would take cores from this case's timing: wait until quiet.
+            probes.quiet()
             use, probe = probes.CpuUse(), [probes.compute_probe(case.device)]
             state0 = self._gpu().read() if on_gpu else None
             with use:

@@ -68,3 +68,20 @@ def conditions(use: CpuUse, probes: list[float | None]) -> dict:
     """The record fields that say how the machine was while a case was timed: its CPU use,
     and the lower of the compute probes taken around it (None on a GPU)."""
     return {"cpu_utilization": use.utilization, "probe_gflops": None if None in probes else min(probes)}
+
+
+# Going quiet: the process's CPU time over a short window must fall below this share of
+# one core (only its sleeping main thread is left), within QUIET_MAX.
+QUIET_WINDOW, QUIET_SHARE, QUIET_MAX = 0.002, 0.1, 0.1
+
+
+def quiet() -> float:
+    """Wait until this process's threads are idle (its CPU time over QUIET_WINDOW below
+    QUIET_SHARE of it), at most QUIET_MAX seconds; the seconds waited."""
+    start = time.perf_counter()
+    while True:
+        c0, w0 = time.process_time(), time.perf_counter()
+        time.sleep(QUIET_WINDOW)
+        busy = (time.process_time() - c0) / (time.perf_counter() - w0)
+        if busy < QUIET_SHARE or time.perf_counter() - start > QUIET_MAX:
+            return time.perf_counter() - start

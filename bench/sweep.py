@@ -383,7 +383,7 @@ class Sweep:
         plan = self.plan
         clock.append(time.perf_counter())
         probe = [probes.compute_probe(device)]
-        workers.quiet()  # this process's pool, after the probe's matmul
+        probes.quiet()  # this process's pool, after the probe's matmul
         state0 = self._gpu().read() if device == "cuda" else None
         rng = random.Random(f"{plan.seed}:{r}:{group}")
         for _ in range(plan.passes):
@@ -432,7 +432,7 @@ class Sweep:
         seen = {k: len(v) for k, v in self.ceilings.entries.items()}
         began = time.perf_counter()
         self.ceilings.update(device)
-        workers.quiet()
+        probes.quiet()
         for (dev, threads), entries in self.ceilings.entries.items():
             for entry in entries[seen.get((dev, threads), 0):]:
                 self.journal.add({"kind": "ceiling", "device": dev, "threads": threads, "entry": entry})

@@ -51,10 +51,6 @@ START_SECONDS = 120
 # first GPU pass measured nothing for 75 s and its log could not say where the time went).
 WAIT_NOTICE = 15.0
 
-# Going quiet after a block: the process's CPU time over a short window must fall below
-# this share of one core (only its sleeping main thread is left), within QUIET_MAX.
-QUIET_WINDOW, QUIET_SHARE, QUIET_MAX = 0.002, 0.1, 0.1
-
 
 class WorkerDied(Exception):
     """The worker process ended (a crash, the out-of-memory killer) or stopped answering."""
@@ -300,18 +296,6 @@ def _running(pid: int) -> bool:
     return True
 
 
-def quiet() -> float:
-    """Wait until this process's threads are idle (its CPU time over QUIET_WINDOW below
-    QUIET_SHARE of it), at most QUIET_MAX seconds; the seconds waited."""
-    start = time.perf_counter()
-    while True:
-        c0, w0 = time.process_time(), time.perf_counter()
-        time.sleep(QUIET_WINDOW)
-        busy = (time.process_time() - c0) / (time.perf_counter() - w0)
-        if busy < QUIET_SHARE or time.perf_counter() - start > QUIET_MAX:
-            return time.perf_counter() - start
-
-
 # ------------------------------------------------------------------------ worker side
 class _Server:
     """The worker's state: the cases it has set up, by id."""
@@ -343,6 +327,7 @@ class _Server:
         given back by the hypervisor, the caches and TLB the other process left (1.3-1.6x
         a call on the 2-core VM, and up to 40x a 0.4 ms call now and then)."""
         from . import timing
+        from .probes import quiet
 
         bench, _ = self.benches[case]
         c0, w0 = time.process_time(), time.perf_counter()
@@ -408,6 +393,8 @@ def serve(fd: int, impls_root: str | None = None) -> int:
             answer = getattr(server, op)(**msg)
             answer["op_s"] = time.perf_counter() - began  # where a sweep's time goes
             if op != "block":  # (a block waits itself, and says how long): every answer
+                from .probes import quiet
+
                 quiet()  # comes once this process's pools have stopped spinning
         except Exception as e:  # noqa: BLE001 - one case's error must not end the worker
             from .driver import reset_after_error

@@ -109,6 +109,35 @@ def reason_once_per_device(find):
     return reason
 
 
+class RecentParams:
+    """What a runtime built for a parameter set (exported graphs, sessions, frozen compiled
+    modules), kept for the `size` parameter sets seen last and found again by value:
+    FlattenedConv2d prepares on every call, so a network's inference would otherwise
+    rebuild every layer on every forward. Compared by value (cheap next to a layer, and
+    immune to storage reuse or in-place updates: changed weights are a new set)."""
+
+    def __init__(self, size: int = 16):
+        self.size = size
+        self._entries: list[tuple[FlatParams, dict]] = []
+
+    def state(self, params: FlatParams) -> dict:
+        """The dict of what was built for parameters equal to `params` (empty when new)."""
+        for i, (known, built) in enumerate(self._entries):
+            if _equal_params(known, params):
+                self._entries.insert(0, self._entries.pop(i))
+                return built
+        built: dict = {}
+        self._entries.insert(0, (params.replace(**{k: v.clone() for k, v in params.tensors().items()}), built))
+        del self._entries[self.size:]
+        return built
+
+
+def _equal_params(a: FlatParams, b: FlatParams) -> bool:
+    ta, tb = a.tensors(), b.tensors()
+    return all(x.shape == tb[k].shape and x.dtype == tb[k].dtype and x.device == tb[k].device and torch.equal(x, tb[k])
+               for k, x in ta.items())
+
+
 class Implementation:
     """Base class: subclasses set `name`, `devices`, `dtypes` and `description` and
     implement the underscored hooks."""

@@ -31,6 +31,26 @@ def _stage_weights(prm):
     }
 
 
+class ComposedLayer(torch.nn.Module):
+    """`torch`'s three stages as an nn.Module whose weights are its own parameters (copies,
+    no grad): what a deployed model holds, and what an exporter (torch.onnx.export) or
+    inductor's freezing takes as constants."""
+
+    def __init__(self, params, padding: int):
+        super().__init__()
+        w = _stage_weights(params.detach())
+        for name, value in (("w_lat", w["w_lat"]), ("w_vert", w["w_vert"]), ("w_hor", w["w_hor"]),
+                            ("b_lat", params.lateral_bias), ("b_vert", params.vertical_bias),
+                            ("b_hor", params.horizontal_bias)):
+            self.register_parameter(name, torch.nn.Parameter(value.detach().clone(), requires_grad=False))
+        self.n, self.p = params.out_channels, padding
+
+    def forward(self, x):
+        t1 = F.conv2d(x, self.w_lat, self.b_lat)
+        t2 = F.conv2d(t1, self.w_vert, self.b_vert, padding=(self.p, 0), groups=self.n)
+        return F.conv2d(t2, self.w_hor, self.b_hor, padding=(0, self.p), groups=self.n)
+
+
 class TorchComposed(Implementation):
     name = "torch"
     role = "peer"

@@ -6,7 +6,17 @@ The compiled function is the same math as `torch` (impls/composed.py): three
 input shape. (On the CPU inductor keeps the convolutions as oneDNN calls, runs them
 channels-last and adds C++ kernels for the NCHW <-> NHWC copies.)
 
-Inference runs the compiled function under no_grad (inductor's inference graph).
+Inference is what an inductor expert deploys: an nn.Module whose weights are its
+parameters (impls.composed.ComposedLayer), in eval() and under no_grad, compiled with
+`torch._inductor.config.freezing = True`, inductor's documented CPU-inference setting:
+the weights become constants, folded and pre-packed for oneDNN on the CPU. Frozen
+weights are part of the compiled code, so the inference graph is compiled once per
+parameter set (kept for the 16 sets seen last and found again by value, like
+`onnxruntime`'s sessions: FlattenedConv2d prepares on every call) and per key.
+`TorchCompile(freezing=False)` compiles the function of the parameters instead (the
+weights as graph inputs), as training must, and as float64 on the CPU does (oneDNN
+pre-packs no float64 weights).
+
 Training runs it under autograd on leaf aliases (no copies) of the input and the six
 parameters, so AOTAutograd partitions the layer into a compiled forward graph and a
 compiled backward graph. `forward_train` keeps the autograd graph (the output with its
@@ -47,8 +57,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .base import Implementation, reason_once_per_device
-from .composed import _CUDA_FLOATS
+from .base import Implementation, RecentParams, reason_once_per_device
+from .composed import _CUDA_FLOATS, ComposedLayer
 from .params import FlatGrads
 
 
@@ -60,11 +70,18 @@ def _composed(x, lat, lb, vert, vb, hor, hb, p: int):
     return F.conv2d(t2, hor.view(n, 1, 1, k), hb, padding=(0, p), groups=n)
 
 
-def _fresh_function(tag: str):
-    """`_composed` with a code object of its own: dynamo keeps its cache of compiled
-    entries on the code object."""
-    code = _composed.__code__.replace(co_name=f"flatconv_{tag}")
-    return types.FunctionType(code, _composed.__globals__, code.co_name)
+def _layer_call(layer):
+    def call(x):
+        return layer(x)
+
+    return call
+
+
+def _fresh(fn, tag: str):
+    """`fn` with a code object of its own (its closure kept): dynamo keeps its cache of
+    compiled entries on the code object."""
+    code = fn.__code__.replace(co_name=f"flatconv_{tag}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
 
 
 class _CompileCounter:
@@ -130,17 +147,21 @@ class TorchCompile(Implementation):
     role = "peer"
     devices = ("cpu", "cuda")
     dtypes = {"cpu": (torch.float32, torch.float64), "cuda": _CUDA_FLOATS}
-    description = ("torch.compile (inductor, default mode, static shapes) of the three F.conv2d calls; "
-                   "backward through the compiled AOTAutograd backward graph")
-    summary = ("`torch.compile` (inductor, default mode, static shapes) of the three `F.conv2d` calls; backward "
-               "through the compiled backward graph")
+    description = ("torch.compile (inductor, default mode, static shapes) of the three F.conv2d calls: inference "
+                   "of the layer module with freezing (weights folded and pre-packed), backward through the "
+                   "compiled AOTAutograd backward graph")
+    summary = ("`torch.compile` (inductor, default mode, static shapes) of the three `F.conv2d` calls: inference "
+               "frozen (weights folded and pre-packed), backward through the compiled backward graph")
     compiles = "graphs"
 
-    def __init__(self, *, mode: str | None = None, options: dict[str, Any] | None = None):
+    def __init__(self, *, mode: str | None = None, options: dict[str, Any] | None = None, freezing: bool = True):
         # mode and options go to torch.compile as they are (None: the defaults, what the
         # benchmarks run); the tests' grid runs a variant with options (tests/_support.py).
         self.mode = mode
         self.options = dict(options) if options else None
+        self.freezing = freezing
+        self._frozen_sets = RecentParams()
+        self._frozen_count = 0
         self._compiled: dict[tuple, Any] = {}
         self._backward_seen: set[tuple] = set()
         self._counter = _CompileCounter()
@@ -169,11 +190,16 @@ class TorchCompile(Implementation):
             "options": self.options or {},
             "dynamic": False,
             "fullgraph": True,
+            "inference": ("nn.Module with the weights as parameters, eval(), no_grad, "
+                          "torch._inductor.config.freezing=True (weights folded and pre-packed), "
+                          "compiled per parameter set (float64 on the CPU: unfrozen)" if self.freezing else
+                          "the function of input and parameters (weights as graph inputs), no_grad, no freezing"),
+            "freezing": self.freezing,
             "specialized_per": "direction, device, dtype, shapes, padding, threads",
             "backward": "autograd.grad(retain_graph=True) through AOTAutograd's compiled backward (no donated buffers)",
             "inductor_cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR", "default (/tmp/torchinductor_<user>)"),
             "cxx": _cpp_compiler(),
-            "compiled_functions": len(self._compiled),
+            "compiled_functions": len(self._compiled) + self._frozen_count,
         }
 
     def compile_stats(self):
@@ -201,21 +227,46 @@ class TorchCompile(Implementation):
         # dynamic=False: static kernels per shape, as a model that sees one input shape per
         # layer gets them; with dynamo's default the second shape a code object sees
         # compiles as dynamic, and a sweep's numbers would depend on the order of its cases.
-        start = time.perf_counter()  # the first torch.compile() of a process imports dynamo: seconds
-        fn = torch.compile(_fresh_function(f"{direction}_{len(self._compiled)}"), mode=self.mode,
-                           options=self.options, dynamic=False, fullgraph=True)
-        self._counter.add_seconds(time.perf_counter() - start)
+        fn = self._compile(_composed, f"{direction}_{len(self._compiled)}")
         self._compiled[key] = fn
         return fn, True
+
+    def _frozen(self, x, prepared, p):
+        """(the compiled inference module of this parameter set for this key, whether this
+        call compiles it)."""
+        built = prepared.extra["frozen"]
+        key = self._key("forward", x, prepared.params, p)
+        fn = built.get(key)
+        if fn is None:
+            fn = built[key] = self._compile(_layer_call(ComposedLayer(prepared.params, p).eval()),
+                                            f"frozen_{self._frozen_count}")
+            self._frozen_count += 1
+            return fn, True
+        return fn, False
+
+    def _compile(self, fn, tag: str):
+        start = time.perf_counter()  # the first torch.compile() of a process imports dynamo: seconds
+        compiled = torch.compile(_fresh(fn, tag), mode=self.mode, options=self.options, dynamic=False, fullgraph=True)
+        self._counter.add_seconds(time.perf_counter() - start)
+        return compiled
 
     def _prepare(self, params):
         # Leaf aliases of the parameters for training (no copy): autograd.grad takes the
         # gradients with respect to these.
         leaves = tuple(t.detach().requires_grad_(True) for t in params.tensors().values())
-        return {"leaves": leaves}
+        return {"leaves": leaves, "frozen": self._frozen_sets.state(params) if self.freezing else None}
+
+    def _freezes(self, x) -> bool:
+        # oneDNN pre-packs float32 (and half) weights only: frozen float64 on the CPU fails
+        # to compile (mkldnn._reorder_convolution_weight), so it runs unfrozen.
+        return self.freezing and not (x.device.type == "cpu" and x.dtype == torch.float64)
 
     def _forward(self, x, prepared, p):
         prm = prepared.params
+        if self._freezes(x):
+            fn, compiles = self._frozen(x, prepared, p)
+            with self._counter, _compiling(compiles, freezing=True):
+                return fn(x)
         fn, compiles = self._function("forward", x, prm, p)
         with self._counter, _compiling(compiles):
             return fn(x, prm.lateral, prm.lateral_bias, prm.vertical, prm.vertical_bias, prm.horizontal,
@@ -245,18 +296,21 @@ class TorchCompile(Implementation):
 
 
 @contextlib.contextmanager
-def _compiling(compiles: bool, donated_buffer: bool = False):
-    """Around a call that compiles (the first for its key): AOTAutograd's donated buffers
-    off (they let a compiled backward overwrite saved activations, which forbids running
-    it again with retain_graph, and an AOTAutograd cache entry made by a plain training
-    loop would carry them), and torch's own DeprecationWarnings from importing inductor
-    out of the benchmark's output."""
+def _compiling(compiles: bool, donated_buffer: bool = False, freezing: bool = False):
+    """Around a call that compiles (the first for its key): inductor's freezing as asked
+    (read when the graph is compiled), AOTAutograd's donated buffers off (they let a
+    compiled backward overwrite saved activations, which forbids running it again with
+    retain_graph, and an AOTAutograd cache entry made by a plain training loop would carry
+    them), and torch's own DeprecationWarnings from importing inductor out of the
+    benchmark's output."""
     if not compiles:
         yield
         return
     import torch._functorch.config
+    import torch._inductor.config
 
-    with warnings.catch_warnings(), torch._functorch.config.patch(donated_buffer=donated_buffer):
+    with warnings.catch_warnings(), torch._functorch.config.patch(donated_buffer=donated_buffer), \
+            torch._inductor.config.patch(freezing=freezing):
         warnings.simplefilter("ignore", DeprecationWarning)
         yield
 

@@ -23,6 +23,8 @@ SLOW_BY_ID = {
     "tests/test_sweep.py::test_sweep_option_mistakes_are_one_line_and_exit_2": "a process per mistake (22 s)",
     "tests/test_compare.py::test_machines_are_matched": "reports from fixtures (17 s)",
     "tests/test_models.py::test_both_networks_run_forward_and_backward": "every implementation in two networks (26 s)",
+    "test_matches_oracle_on_grid[torch.float32-jax-": "XLA compiles three graphs per grid case (36 s)",
+    "test_matches_oracle_on_grid[torch.float64-jax-": "XLA compiles three graphs per grid case (32 s)",
 }
 
 
@@ -35,6 +37,20 @@ def _torch_threads_restored():
     yield
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _jax_keeps_its_clients_thread_count():
+    """jax's CPU client has one thread count for the life of a process (impls/jax_impl.py):
+    a test that sets every implementation's count must not leave jax asking for another,
+    which would make jax unavailable to the tests after it."""
+    yield
+    import sys
+
+    module = sys.modules.get("impls.jax_impl")
+    jax = getattr(module, "IMPLEMENTATIONS", [None])[0] if module else None
+    if jax is not None and jax.threads() is not None:
+        jax.set_num_threads(jax.threads())
 
 
 def pytest_collection_modifyitems(config, items):

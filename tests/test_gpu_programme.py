@@ -213,7 +213,7 @@ def test_the_steps_lists_come_from_the_registrys_declarations(tmp_path):
     assert table and {i["name"] for i in table} == set(impls.names())
     gpu = {name: programme.select(name, table, "cuda") for name in programme.SELECTIONS}
     assert gpu["plain"] == ["torch", "cudnn", "cupy", "cupy_fused", "dense", "im2col"]
-    assert gpu["compilers"] == ["torch", "cupy_fused", "onnxruntime", "torch_compile", "triton_fused"]
+    assert gpu["compilers"] == ["torch", "cupy_fused", "jax", "onnxruntime", "torch_compile", "triton_fused"]
     assert gpu["stages"] == ["torch", "cupy", "cupy_fused", "triton_fused"]
     assert gpu["no-graphs"] == gpu["plain"] + ["triton_fused"]
     cuda = [n for n in impls.names() if "cuda" in impls.get(n).devices]

@@ -136,19 +136,25 @@ def test_torch_compile_compiles_a_new_shape_once_and_never_on_a_repeated_call(ca
     torch.testing.assert_close(y, impls.get("torch").forward(x, impls.get("torch").prepare(params), padding=1))
     for _ in range(3):
         impl.forward(x, prepared, padding=1)
-    impl.forward(x, impl.prepare(impls.FlatParams.random(2, 3, 3, seed=41)), padding=1)  # new weights, same shapes
     assert impl.compile_stats() == first
+    # Frozen inference is compiled per parameter set: equal weights (another object) reuse
+    # it, new weights of the same shapes compile once more.
+    impl.forward(x, impl.prepare(params.replace(**{k: v.clone() for k, v in params.tensors().items()})), padding=1)
+    assert impl.compile_stats() == first
+    impl.forward(x, impl.prepare(impls.FlatParams.random(2, 3, 3, seed=99)), padding=1)
+    assert impl.compile_stats()["compilations"] == 2
+    first = impl.compile_stats()
 
     # Training: forward_train compiles its own (autograd) graph once; the backward graph
     # is compiled at most once more (lazily, at the first backward, unless AOTAutograd's
     # cache had it); repeated calls compile nothing.
     _, saved = impl.forward_train(x, prepared, padding=1)
     after_train = impl.compile_stats()["compilations"]
-    assert after_train == 2
+    assert after_train == 3
     gy = torch.randn(2, 3, 5, 4)
     g1 = impl.backward(saved, gy)
     after_backward = impl.compile_stats()
-    assert after_backward["compilations"] in (2, 3)
+    assert after_backward["compilations"] in (3, 4)
     _, saved2 = impl.forward_train(x, prepared, padding=1)
     g2 = impl.backward(saved2, gy)
     impl.backward(saved, gy)
@@ -158,6 +164,25 @@ def test_torch_compile_compiles_a_new_shape_once_and_never_on_a_repeated_call(ca
     # A compiled function per key: another padding is another compilation.
     impl.forward(x, prepared, padding=0)
     assert impl.compile_stats()["compilations"] == after_backward["compilations"] + 1
+
+
+@pytest.mark.parametrize("freezing", [True, False])
+def test_torch_compile_inference_is_frozen(freezing):
+    """The inference graph is compiled with inductor's freezing: the weights are constants
+    of the compiled code, so a later in-place change of the prepared weights does not reach
+    it; unfrozen, the weights are graph inputs and it does. Training is never frozen."""
+    impl = TorchCompile(freezing=freezing)
+    _available("torch_compile")
+    x, params = _layer(c=3, n=4, h=6, w=5, seed=45)
+    prepared = impl.prepare(params)
+    y = impl.forward(x, prepared, padding=1)
+    assert impl.runtime_info()["freezing"] is freezing
+    with torch.no_grad():
+        prepared.params.lateral.mul_(2.0)
+    changed = not torch.equal(impl.forward(x, prepared, padding=1), y)
+    assert changed is not freezing
+    y_train, _ = impl.forward_train(x, prepared, padding=1)  # the training graph takes the weights as inputs
+    torch.testing.assert_close(y_train, impls.get("torch").forward(x, impls.get("torch").prepare(prepared.params), 1))
 
 
 def test_torch_compile_keys_include_the_thread_count():
@@ -239,13 +264,14 @@ def test_onnxruntime_session_options_and_threads():
     import onnxruntime as ort
 
     assert options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
-    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
-    assert session.session.get_providers() == ["CPUExecutionProvider"]
     info = impl.runtime_info()
+    spin = "1" if info["spinning_tuned"]["spinning"] else "0"  # the tuned choice is the kept session's
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == spin
+    assert options.get_session_config_entry("session.inter_op.allow_spinning") == spin
+    assert session.session.get_providers() == ["CPUExecutionProvider"]
     assert info["onnxruntime"] == ort.__version__ and info["providers"]["cpu"] == "CPUExecutionProvider"
     assert info["session_options"]["intra_op_num_threads"] == 1
-    assert info["session_options"]["session.intra_op.allow_spinning"] == "0"
+    assert info["session_options"]["allow_spinning"].startswith("tuned")
     with pytest.raises(TypeError, match="threads"):
         impl.set_num_threads(1.5)
     with pytest.raises(ValueError, match="threads"):

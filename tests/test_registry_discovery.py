@@ -49,8 +49,8 @@ def test_every_implementation_declares_what_the_table_and_the_lists_need():
         assert set(impl.extras) <= extras, (name, impl.extras)
         if type(impl).compile_stats is not Implementation.compile_stats:
             assert impl.compiles, f"{name} counts compilations (compile_stats) but declares compiles = ''"
-    assert {n for n in registry._DISCOVERED if impls.get(n).compiles} == {"onnxruntime", "torch_compile",
-                                                                         "triton_fused"}
+    assert {n for n in registry._DISCOVERED if impls.get(n).compiles} == {"jax", "onnxruntime", "openvino",
+                                                                         "torch_compile", "triton_fused"}
     bad = type("Bad", (impls.get("torch").__class__,), {"name": "bad", "role": "fast", "summary": "a | b",
                                                          "compiles": "yes"})()
     said = registry.problems(bad)
