@@ -44,6 +44,8 @@ def split_csv(value) -> list[str]:
 SHARED = [
     Option("--preset", "smoke", f"comma-separated layer tables: {', '.join(tables.TABLES)} (default smoke)"),
     Option("--impl", "", "comma-separated implementations (default: every registered one)"),
+    Option("--role", "", "comma-separated roles: only the implementations of these (baseline, peer, handwritten, "
+                         "simple; default: every role)"),
     Option("--device", "auto", "comma-separated devices: cpu, cuda; auto = the devices this machine has (default)"),
     Option("--direction", "forward,backward,train,stages",
            "comma-separated: forward, backward, train, stages (default: all four)"),
@@ -64,6 +66,20 @@ def _check_names(what: str, given: list[str], known) -> list[str]:
         raise ValueError(f"--{e}") from None
 
 
+def _with_roles(names: list[str], roles: list[str]) -> list[str]:
+    """`names` (none: every implementation) less those whose role is not in `roles` (none:
+    every role)."""
+    from impls.base import ROLES
+
+    if not roles:
+        return names
+    roles = _check_names("role", roles, ROLES)
+    kept = [n for n in (names or impls.names()) if impls.get(n).role in roles]
+    if not kept:
+        raise ValueError(f"--role: no implementation{' of --impl' if names else ''} has role {', '.join(roles)}")
+    return kept
+
+
 def selection(get: Callable[[str], object]) -> dict:
     """`select_cases` keyword arguments from the shared options (`get(dest)` returns the
     option's value), checked: an unknown preset, implementation, device, direction or
@@ -73,7 +89,7 @@ def selection(get: Callable[[str], object]) -> dict:
         devices = cases.local_devices()
     return {
         "tables_": _check_names("preset", split_csv(get("preset")), tables.TABLES) or ["smoke"],
-        "impl_names": _check_names("impl", split_csv(get("impl")), impls.names()),
+        "impl_names": _with_roles(_check_names("impl", split_csv(get("impl")), impls.names()), split_csv(get("role"))),
         "devices": _check_names("device", devices, cases.DEVICES),
         "directions": _check_names("direction", split_csv(get("direction")), cases.DIRECTIONS + ("stages",)),
         "dtypes": _check_names("dtype", split_csv(get("dtype")), cases.DTYPES),

@@ -320,17 +320,15 @@ class Sweep:
             self._nvml = gpu_state.Nvml(torch.cuda.current_device() if torch.cuda.is_available() else 0)
         return self._nvml
 
-    def _together(self, pool: dict, asks: list[tuple[Member, str, dict]], width: int | None = None) -> dict[str, dict]:
+    def _together(self, pool: dict, asks: list[tuple[Member, str, dict]]) -> dict[str, dict]:
         """Requests to several workers at once ((member, op, args)), while nothing is
         timed: the set-ups of a group run side by side on the cores the case's threads
-        leave free (`width` at a time: by default as many as the cores hold at the case's
-        thread count). {member key: answer}; a worker that died answers a failed entry."""
+        leave free. {member key: answer}; a worker that died answers a failed entry."""
         out: dict[str, dict] = {}
         # as many at once as the cores hold at the case's thread count: more would
         # oversubscribe them, and OpenMP's teams then crawl (a 1 ms call took 20-100 ms),
         # which a set-up's warm-up (and ONNX Runtime's choice of spinning) must not see
-        if width is None:
-            width = max(1, (os.cpu_count() or 1) // (self.plan.threads or os.cpu_count() or 1))
+        width = max(1, (os.cpu_count() or 1) // (self.plan.threads or os.cpu_count() or 1))
         for start in range(0, len(asks), width):
             sent = []
             for m, op, args in asks[start:start + width]:
@@ -419,12 +417,12 @@ class Sweep:
         state1 = self._gpu().read() if device == "cuda" else None
         probe.append(probes.compute_probe(device))
         clock.append(time.perf_counter())
-        # once, at a case's first visit: GPU graph and cold times, peak memory, kernels. On
-        # the CPU these time nothing (peak bytes and the kernels that ran are counts, each
-        # worker's own): every member at once.
+        # once, at a case's first visit: GPU graph and cold times, peak memory, kernels. (All
+        # of a group's at once on the CPU made the paper sweep's first round of ends 19%
+        # slower on 2 cores, 54.5 s against 45.7: they contend as much as they overlap.)
         ends = self._together(pool, [(m, "end", {"case": m.case.id, "graph": plan.graph,
                                                  "extras": ("gpu", "footprint") if m.key not in visited else ()})
-                                     for m in active], width=len(active) if device == "cpu" else None)
+                                     for m in active])
         clock.append(time.perf_counter())
         for m in active:
             answer = ends[m.key]

@@ -528,6 +528,8 @@ def test_tables_are_well_formed():
     (["--passes", "x"], "--passes: expected a whole number >= 1"),
     (["--rel-pi", "2"], "--rel-pi: expected a fraction in (0, 1)"),
     (["--baseline", "nope"], "--baseline: unknown implementation 'nope'"),
+    (["--role", "fast"], "--role: unknown 'fast'"),
+    (["--role", "simple", "--impl", "torch"], "--role: no implementation of --impl has role simple"),
     (["--results", "/proc/nowhere/r.jsonl"], "--results: /proc/nowhere/r.jsonl cannot be written"),
     (["--bogus"], "unrecognized arguments: --bogus"),
 ])
@@ -538,6 +540,16 @@ def test_cli_mistakes_are_one_line_and_exit_2(capsys, args, message):
         code = e.code
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_role_selects_the_implementations_of_those_roles():
+    chosen = options.selection({"preset": "smoke", "impl": "", "role": "baseline,handwritten", "device": "cpu",
+                                "direction": "forward", "dtype": "float32", "all_rows": False}.get)
+    assert chosen["impl_names"] == [n for n in impls.names() if impls.get(n).role in ("baseline", "handwritten")]
+    assert "dense" in chosen["impl_names"] and "torch" not in chosen["impl_names"]
+    every = options.selection({"preset": "smoke", "impl": "torch,naive", "role": "", "device": "cpu",
+                               "direction": "forward", "dtype": "float32", "all_rows": False}.get)
+    assert every["impl_names"] == ["torch", "naive"]
 
 
 def test_cli_mistake_has_no_traceback_in_a_real_process():
