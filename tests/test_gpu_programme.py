@@ -130,8 +130,10 @@ def test_a_stage_at_its_limit_gets_sigint_and_its_exit_status_is_kept(tmp_path):
     """)
     log = tmp_path / "log"
     t0 = time.monotonic()
-    code, cut = p.run_limited(argv, log, 1.0)
-    assert (code, cut) == (7, True) and time.monotonic() - t0 < 8
+    # 3 s: the child must be inside its try before the SIGINT (Python's start took over 1 s
+    # on the 2-core VM under the test suite's load, and the SIGINT then came before it)
+    code, cut = p.run_limited(argv, log, 3.0)
+    assert (code, cut) == (7, True) and time.monotonic() - t0 < 15
     assert "summary written" in log.read_text() and "cut at its limit" in log.read_text()
     code, cut = p.run_limited([sys.executable, "-c", "raise SystemExit(3)"], log, 10)
     assert (code, cut) == (3, False)
