@@ -19,7 +19,7 @@ timed in alternation (TUNE_ROUNDS rounds of TUNE_RUNS runs each, the median of e
 round's median) and the faster is kept, its choice and both figures in `runtime_info()`.
 The spinning pool must not slow what is timed after it: the sweep's workers and the
 in-process driver both wait for a process's threads to go quiet after a case
-(bench/timing.py: `quiet`).
+(bench/probes.py: `quiet`).
 
 On the CPU each call hands ONNX Runtime a numpy view of the input (no copy) and takes
 its output as a tensor that shares the array ONNX Runtime returned (torch.from_numpy).
@@ -38,6 +38,7 @@ class says so for backward and train.
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -102,11 +103,6 @@ class _Session:
 TUNE_ROUNDS, TUNE_RUNS = 5, 3
 
 
-def _median(values):
-    values = sorted(values)
-    return values[len(values) // 2]
-
-
 def _tune(candidates: list[_Session], x) -> tuple[_Session, list[float]]:
     """The fastest of `candidates` on input x, and each one's figure (seconds: the median
     over rounds of a round's median run)."""
@@ -118,8 +114,8 @@ def _tune(candidates: list[_Session], x) -> tuple[_Session, list[float]]:
                 t = time.perf_counter()
                 s.run(x)
                 runs.append(time.perf_counter() - t)
-            rounds[i].append(_median(runs))
-    figures = [_median(r) for r in rounds]
+            rounds[i].append(statistics.median(runs))
+    figures = [statistics.median(r) for r in rounds]
     return candidates[figures.index(min(figures))], figures
 
 

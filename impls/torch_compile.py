@@ -234,7 +234,9 @@ class TorchCompile(Implementation):
     def _frozen(self, x, prepared, p):
         """(the compiled inference module of this parameter set for this key, whether this
         call compiles it)."""
-        built = prepared.extra["frozen"]
+        built = prepared.extra.get("frozen")
+        if built is None:  # found by value at a set's first inference only: training prepares skip it
+            built = prepared.extra["frozen"] = self._frozen_sets.state(prepared.params)
         key = self._key("forward", x, prepared.params, p)
         fn = built.get(key)
         if fn is None:
@@ -254,7 +256,7 @@ class TorchCompile(Implementation):
         # Leaf aliases of the parameters for training (no copy): autograd.grad takes the
         # gradients with respect to these.
         leaves = tuple(t.detach().requires_grad_(True) for t in params.tensors().values())
-        return {"leaves": leaves, "frozen": self._frozen_sets.state(params) if self.freezing else None}
+        return {"leaves": leaves}
 
     def _freezes(self, x) -> bool:
         # oneDNN pre-packs float32 (and half) weights only: frozen float64 on the CPU fails
